@@ -1,0 +1,64 @@
+// vmsynth command-line entry point: dispatches to the subcommands and maps
+// vmsynth::Error to a message and an exit status.
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "cli/commands.h"
+#include "common/error.h"
+
+namespace {
+
+bool wants_json(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--json") == 0) return true;
+  }
+  return false;
+}
+
+int report(const vmsynth::Error& e, bool json) {
+  if (json) {
+    nlohmann::json j = {{"ok", false},
+                        {"error", {{"code", std::string(vmsynth::error_code_name(e.code()))},
+                                   {"message", e.message()},
+                                   {"context", e.context()}}}};
+    std::printf("%s\n", j.dump(2).c_str());
+  }
+  std::fprintf(stderr, "vmsynth: error: %s\n", e.what());
+  return static_cast<int>(e.code());
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{
+      "vmsynth: dynamic VM synthesis for cloudlets.\n"
+      "Creates small VM overlays (launch VM minus base VM) and synthesizes launch VMs from them.",
+      "vmsynth"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "vmsynth 0.1.0");
+  vmsynth::cli::add_gen_pair_command(app);
+  vmsynth::cli::add_overlay_commands(app);
+  vmsynth::cli::add_synthesize_command(app);
+  vmsynth::cli::add_vm_commands(app);
+
+  const bool json = wants_json(argc, argv);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    // --help and --version exit 0; every real usage error exits with kUsage.
+    return app.exit(e) == 0 ? 0 : static_cast<int>(vmsynth::ErrorCode::kUsage);
+  } catch (const vmsynth::Error& e) {
+    return report(e, json);
+  } catch (const std::bad_alloc&) {
+    return report(vmsynth::Error(vmsynth::ErrorCode::kIo, "out of memory"), json);
+  } catch (const std::exception& e) {
+    // Anything else is a bug in vmsynth; say so rather than pretend it is the user's fault.
+    std::fprintf(stderr, "vmsynth: internal error: %s\n", e.what());
+    return 70;
+  }
+  return 0;
+}

@@ -1,0 +1,176 @@
+// `vmsynth overlay create` and `vmsynth overlay info`.
+#include <unistd.h>
+
+#include <cstdio>
+#include <memory>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "cli/commands.h"
+#include "cli/progress.h"
+#include "common/error.h"
+#include "engine/overlay_creator.h"
+#include "engine/overlay_info.h"
+#include "io/byte_source.h"
+
+namespace vmsynth::cli {
+
+namespace {
+
+const char* kKindNames[] = {"zero", "base_copy", "self_copy", "delta", "literal"};
+
+nlohmann::json kinds_json(const std::array<uint64_t, format::kOpKindCount>& counts) {
+  nlohmann::json j;
+  for (unsigned k = 0; k < format::kOpKindCount; ++k) {
+    j[kKindNames[k]] = {{"count", counts[k]}, {"bytes", counts[k] * format::kBlockSize}};
+  }
+  return j;
+}
+
+int parse_level(const std::string& s) {
+  if (s == "max") return kMaxLevel;
+  try {
+    size_t used = 0;
+    int v = std::stoi(s, &used);
+    if (used == s.size() && v >= 1 && v <= kMaxLevel) return v;
+  } catch (const std::exception&) {
+  }
+  throw Error(ErrorCode::kUsage, "--level must be a number from 1 to " + std::to_string(kMaxLevel) + " or 'max', not '" +
+                                     s + "'");
+}
+
+void print_kinds(const std::array<uint64_t, format::kOpKindCount>& counts) {
+  for (unsigned k = 0; k < format::kOpKindCount; ++k) {
+    std::printf("  %-10s %10llu blocks  %12s\n", kKindNames[k], static_cast<unsigned long long>(counts[k]),
+                human_bytes(counts[k] * format::kBlockSize).c_str());
+  }
+}
+
+void add_create(CLI::App& overlay) {
+  struct Args {
+    std::string base, launch, out, level = std::to_string(kDefaultLevel);
+    unsigned threads = 0;
+    bool force = false, json = false;
+  };
+  auto args = std::make_shared<Args>();
+  CLI::App* c = overlay.add_subcommand("create", "Create an overlay: the launch VM's difference from the base VM.");
+  c->add_option("--base", args->base, "Base VM directory (disk.img, memory.img); only read")->required();
+  c->add_option("--launch", args->launch, "Launch VM directory (disk.img, memory.img, optional devstate.bin, vm.json)")
+      ->required();
+  c->add_option("-o,--output", args->out, "Overlay file to write (written under a temporary name, then renamed)")
+      ->required();
+  c->add_option("--level", args->level,
+                "zstd level 1-22, or 'max' for the smallest overlay (slowest); default " +
+                    std::to_string(kDefaultLevel));
+  c->add_option("--threads", args->threads, "Worker threads; 0 = one per core (default)");
+  c->add_flag("--force", args->force, "Replace an existing output file");
+  c->add_flag("--json", args->json, "Print the result as JSON");
+  c->callback([args] {
+    CreateOptions o;
+    o.base_dir = args->base;
+    o.launch_dir = args->launch;
+    o.output = args->out;
+    o.level = parse_level(args->level);
+    o.threads = args->threads;
+    o.force = args->force;
+    TerminalProgress progress("creating overlay");
+    o.progress = progress.callback();
+    CreateStats s = create_overlay(o);
+    progress.finish();
+    if (args->json) {
+      nlohmann::json j = {{"ok", true},
+                          {"overlay", args->out},
+                          {"overlay_bytes", s.overlay_bytes},
+                          {"base_id", s.base_id.hex()},
+                          {"launch_memory_bytes", s.launch_size[0]},
+                          {"launch_disk_bytes", s.launch_size[1]},
+                          {"level", o.level},
+                          {"frames", s.frames},
+                          {"ops", kinds_json(s.kind_count)},
+                          {"payload_raw_bytes", s.payload_raw_bytes},
+                          {"file_bytes", s.file_bytes},
+                          {"seconds",
+                           {{"base_id", s.seconds_base_id},
+                            {"index", s.seconds_index},
+                            {"classify", s.seconds_classify},
+                            {"encode", s.seconds_encode},
+                            {"total", s.seconds_total}}}};
+      std::printf("%s\n", j.dump(2).c_str());
+    } else {
+      uint64_t launch = s.launch_size[0] + s.launch_size[1];
+      std::printf("overlay %s: %s (%.2f%% of the launch VM's %s), %llu frames, %.2f s\n", args->out.c_str(),
+                  human_bytes(s.overlay_bytes).c_str(), launch ? 100.0 * double(s.overlay_bytes) / double(launch) : 0.0,
+                  human_bytes(launch).c_str(), static_cast<unsigned long long>(s.frames), s.seconds_total);
+      print_kinds(s.kind_count);
+    }
+  });
+}
+
+void add_info(CLI::App& overlay) {
+  struct Args {
+    std::string file;
+    bool json = false;
+  };
+  auto args = std::make_shared<Args>();
+  CLI::App* c = overlay.add_subcommand("info", "Describe an overlay (base id, sizes, ops) without decoding payloads.");
+  c->add_option("file", args->file, "Overlay file, or - for standard input")->required();
+  c->add_flag("--json", args->json, "Print the result as JSON");
+  c->callback([args] {
+    auto src = io::open_source(args->file);
+    OverlayInfo info = inspect_overlay(*src);
+    const auto& h = info.header;
+    if (args->json) {
+      nlohmann::json files = nlohmann::json::array();
+      for (const auto& f : info.files) {
+        files.push_back({{"name", f.name}, {"bytes", f.size}, {"stored_bytes", f.stored}, {"base_delta", f.base_prefix}});
+      }
+      nlohmann::json j = {
+          {"ok", true},
+          {"version", std::to_string(h.version_major) + "." + std::to_string(h.version_minor)},
+          {"base_id", h.base_id.hex()},
+          {"base_memory_bytes", h.base_size[0]},
+          {"base_disk_bytes", h.base_size[1]},
+          {"launch_memory_bytes", h.launch_size[0]},
+          {"launch_disk_bytes", h.launch_size[1]},
+          {"encrypted", (h.flags & format::kFlagEncrypted) != 0},
+          {"overlay_bytes", info.overlay_bytes},
+          {"frames", info.frames},
+          {"block_frames", info.block_frames},
+          {"ops", kinds_json(info.kind_count)},
+          {"ops_memory", kinds_json(info.kind_count_by_image[0])},
+          {"ops_disk", kinds_json(info.kind_count_by_image[1])},
+          {"table_stored_bytes", info.table_stored_bytes},
+          {"payload_raw_bytes", info.payload_raw_bytes},
+          {"payload_stored_bytes", info.payload_stored_bytes},
+          {"files", files}};
+      std::printf("%s\n", j.dump(2).c_str());
+      return;
+    }
+    std::printf("overlay format %u.%u, %s, %llu frames\n", h.version_major, h.version_minor,
+                human_bytes(info.overlay_bytes).c_str(), static_cast<unsigned long long>(info.frames));
+    std::printf("base id   %s (memory %s, disk %s)\n", h.base_id.hex().c_str(), human_bytes(h.base_size[0]).c_str(),
+                human_bytes(h.base_size[1]).c_str());
+    std::printf("launch    memory %s, disk %s\n", human_bytes(h.launch_size[0]).c_str(),
+                human_bytes(h.launch_size[1]).c_str());
+    std::printf("ops:\n");
+    print_kinds(info.kind_count);
+    std::printf("payload   %s -> %s stored; op tables %s\n", human_bytes(info.payload_raw_bytes).c_str(),
+                human_bytes(info.payload_stored_bytes).c_str(), human_bytes(info.table_stored_bytes).c_str());
+    for (const auto& f : info.files) {
+      std::printf("file      %s: %s -> %s stored%s\n", f.name.c_str(), human_bytes(f.size).c_str(),
+                  human_bytes(f.stored).c_str(), f.base_prefix ? " (delta against the base's copy)" : "");
+    }
+  });
+}
+
+}  // namespace
+
+void add_overlay_commands(CLI::App& app) {
+  CLI::App* overlay = app.add_subcommand("overlay", "Create or inspect VM overlays.");
+  overlay->require_subcommand(1);
+  add_create(*overlay);
+  add_info(*overlay);
+}
+
+}  // namespace vmsynth::cli

@@ -1,0 +1,69 @@
+// VM synthesis: base VM + overlay stream -> launch VM directory.
+//
+// Two engines read the same format. The serial engine decodes and writes one
+// block at a time with pread/pwrite: the correctness reference and the
+// benchmark baseline. The parallel engine (engine/parallel_synthesizer.cc)
+// runs the same steps as a oneTBB flow graph with io_uring writes.
+//
+// Both follow one contract: the overlay header is read and the base VM's id
+// checked before anything is written; the output is built in a staging
+// directory beside --out and renamed into place only after every block and
+// file has been verified and synced; on any error the staging directory is
+// removed and nothing is left at --out. The base is opened read-only.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <string>
+
+#include "codec/block_hash.h"
+#include "codec/overlay_format.h"
+#include "engine/progress.h"
+#include "io/byte_source.h"
+#include "io/image_clone.h"
+
+namespace vmsynth {
+
+enum class EngineKind { kSerial, kParallel };
+
+struct SynthesizeOptions {
+  std::string base_dir;
+  std::string out_dir;
+  EngineKind engine = EngineKind::kParallel;
+  unsigned threads = 0;  // parallel engine workers; 0 = one per core
+  bool force = false;    // replace an existing --out
+  io::CloneMethod clone = io::CloneMethod::kAuto;  // how output images start from the base
+  bool force_pwrite = false;    // parallel engine: never use io_uring
+  unsigned queue_depth = 64;    // parallel engine: io_uring queue depth, 1..4096
+  uint64_t memory_budget = 256u << 20;  // parallel engine: bytes of frames in flight, >= 16 MiB
+  bool use_base_id_cache = true;
+  ProgressFn progress;  // overlay bytes consumed (total = source size, or 0 if unknown)
+  uint64_t source_size = 0;  // for progress; 0 = unknown
+};
+
+struct SynthesizeStats {
+  Hash128 base_id;
+  std::array<uint64_t, format::kImageCount> launch_size{};
+  std::array<uint64_t, format::kOpKindCount> kind_count{};
+  uint64_t frames = 0;
+  uint64_t overlay_bytes = 0;
+  uint64_t blocks_written = 0;
+  std::string engine;          // "serial" or "parallel"
+  std::string write_backend;   // "pwrite" or "io_uring"
+  std::string write_fallback;  // why io_uring was not used, if it was wanted
+  std::string clone_method;    // how the output images were started
+  unsigned threads = 1;
+  double seconds_base_id = 0;
+  double seconds_clone = 0;
+  double seconds_apply = 0;    // reading, decoding, verifying, writing blocks
+  double seconds_sync = 0;
+  double seconds_total = 0;
+};
+
+// Runs the engine named in opts over the overlay read from `src`.
+SynthesizeStats synthesize(io::ByteSource& src, const SynthesizeOptions& opts);
+
+SynthesizeStats synthesize_serial(io::ByteSource& src, const SynthesizeOptions& opts);
+SynthesizeStats synthesize_parallel(io::ByteSource& src, const SynthesizeOptions& opts);
+
+}  // namespace vmsynth
