@@ -1,0 +1,680 @@
+#include "vm/vm_control.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <optional>
+#include <thread>
+
+#include "common/error.h"
+#include "engine/vm_dir.h"
+#include "io/file.h"
+#include "io/image_clone.h"
+#include "vm/qmp_client.h"
+#include "vm/subprocess.h"
+
+namespace vmsynth::vm {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+using Ms = std::chrono::milliseconds;
+using Json = nlohmann::json;
+
+namespace {
+
+constexpr const char* kQemu = "qemu-system-x86_64";
+constexpr const char* kQemuImg = "qemu-img";
+// How long the KVM probe waits for the guest's first serial byte. Unit ms;
+// a working KVM prints within ~100 ms with earlyprintk; TCG needs no probe.
+constexpr int kKvmProbeMs = 3000;
+
+double ms_since(Clock::time_point t0) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+}
+
+std::string file_in(const std::string& dir, std::string_view name) {
+  return dir + "/" + std::string(name);
+}
+
+void require_qemu() {
+  if (!find_program(kQemu)) {
+    throw Error(ErrorCode::kUnsupported,
+                "QEMU is not installed ('qemu-system-x86_64' not in PATH): apt-get install -y "
+                "qemu-system-x86 qemu-utils");
+  }
+}
+
+void make_dirs(const std::string& dir) {
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) throw io_error("cannot create directory", dir, ec.value());
+}
+
+uint64_t file_size(const std::string& path) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) throw io_error("cannot stat", path, errno);
+  return static_cast<uint64_t>(st.st_size);
+}
+
+void remove_file(const std::string& path) {
+  if (::unlink(path.c_str()) != 0 && errno != ENOENT) throw io_error("cannot remove", path, errno);
+}
+
+std::string now_iso8601() {
+  std::time_t t = std::time(nullptr);
+  std::tm tm{};
+  ::gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+// Hard-links src to dst (free, and the bytes are immutable by convention),
+// falling back to a clone when they are on different filesystems.
+void link_or_clone(const std::string& src, const std::string& dst) {
+  if (fs::exists(dst) && fs::equivalent(src, dst)) return;
+  remove_file(dst);
+  if (::link(src.c_str(), dst.c_str()) == 0) return;
+  io::clone_image(src, dst, file_size(src));
+}
+
+bool process_gone(pid_t pid) {
+  if (::kill(pid, 0) != 0) return errno == ESRCH;
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string dummy, comm, state;
+  // A zombie waiting for a reaper (e.g. PID 1 in a container) has exited.
+  return (stat >> dummy >> comm >> state) && state == "Z";
+}
+
+// The pid of the QEMU that holds run_dir/qemu.pid locked, if any. QEMU keeps
+// its pidfile open and locked (OFD lock) for its whole life, so a lock held
+// means "running" even if the pid number was reused.
+std::optional<pid_t> running_pid(const std::string& run_dir) {
+  const std::string pidfile = file_in(run_dir, kPidFileName);
+  int fd = ::open(pidfile.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return std::nullopt;
+  io::File f(fd, pidfile);
+  struct flock fl{};
+  fl.l_type = F_WRLCK;
+  fl.l_whence = SEEK_SET;
+  const bool lock_known = ::fcntl(fd, F_OFD_GETLK, &fl) == 0;
+  char buf[32] = {};
+  ssize_t n = ::pread(fd, buf, sizeof buf - 1, 0);
+  pid_t pid = n > 0 ? static_cast<pid_t>(std::atol(buf)) : -1;
+  if (pid <= 0) return std::nullopt;
+  if (lock_known) {
+    if (fl.l_type == F_UNLCK) return std::nullopt;  // stale pidfile
+  } else if (process_gone(pid)) {
+    return std::nullopt;  // no OFD locks here: trust the pid
+  }
+  return pid;
+}
+
+bool wait_gone(pid_t pid, const std::string& run_dir, Ms timeout) {
+  const auto deadline = Clock::now() + timeout;
+  while (Clock::now() < deadline) {
+    if (process_gone(pid) || !running_pid(run_dir)) return true;
+    std::this_thread::sleep_for(Ms(10));
+  }
+  return process_gone(pid) || !running_pid(run_dir);
+}
+
+void clear_run_files(const RunLayout& run) {
+  remove_file(run.qmp_socket());
+  remove_file(run.pid_file());
+}
+
+void require_not_running(const std::string& run_dir) {
+  if (auto pid = running_pid(run_dir)) {
+    throw Error(ErrorCode::kExists, "a VM is already running in '" + run_dir + "' (QEMU pid " +
+                                        std::to_string(*pid) + "); stop it first with `vmsynth vm stop " +
+                                        run_dir + "`");
+  }
+}
+
+pid_t require_running(const std::string& run_dir) {
+  auto pid = running_pid(run_dir);
+  if (!pid) {
+    throw Error(ErrorCode::kUsage, "no VM is running in '" + run_dir +
+                                       "'; start one with `vmsynth vm start` or `vmsynth vm resume`");
+  }
+  return *pid;
+}
+
+// Finds a boot file by content: in each of `dirs` under its name, then at its
+// recorded origin. Size is checked first (cheap), then SHA-256.
+std::string resolve_boot_file(const BootFile& b, const std::vector<std::string>& dirs) {
+  std::vector<std::string> candidates;
+  for (const auto& d : dirs) candidates.push_back(file_in(d, b.name));
+  candidates.push_back(b.origin);
+  for (const auto& c : candidates) {
+    struct stat st;
+    if (::stat(c.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) continue;
+    if (static_cast<uint64_t>(st.st_size) != b.size) continue;
+    if (sha256_file(c) == b.sha256) return absolute_path(c);
+  }
+  std::string where;
+  for (const auto& c : candidates) where += (where.empty() ? "" : ", ") + c;
+  throw Error(ErrorCode::kUsage, "boot file '" + b.name + "' (" + std::to_string(b.size) +
+                                     " bytes, sha256 " + b.sha256.substr(0, 16) +
+                                     "...) was not found in: " + where +
+                                     ". The VM must resume with the exact kernel/initrd it booted; "
+                                     "copy them into the VM directory");
+}
+
+void resolve_boot_files(const MachineSpec& spec, RunLayout& run, const std::vector<std::string>& dirs) {
+  run.kernel_path = spec.kernel ? resolve_boot_file(*spec.kernel, dirs) : "";
+  run.initrd_path = spec.initrd ? resolve_boot_file(*spec.initrd, dirs) : "";
+}
+
+// Places the boot files into `dir` (hard link or clone) so that `dir` is self-contained.
+void place_boot_files(const MachineSpec& spec, const RunLayout& run, const std::string& dir) {
+  if (spec.kernel) link_or_clone(run.kernel_path, file_in(dir, spec.kernel->name));
+  if (spec.initrd) link_or_clone(run.initrd_path, file_in(dir, spec.initrd->name));
+}
+
+std::string qemu_version() {
+  try {
+    ProcessResult r = run_process({kQemu, "--version"}, Ms(10000));
+    auto nl = r.out.find('\n');
+    return r.out.substr(0, nl);
+  } catch (const Error&) {
+    return "";
+  }
+}
+
+// A daemonized QEMU we started: killed unless release()d, so a failing
+// start/resume never leaves a half-started VM behind.
+class QemuGuard {
+ public:
+  explicit QemuGuard(RunLayout run) : run_(std::move(run)) {}
+  ~QemuGuard() {
+    if (!armed_) return;
+    if (auto pid = running_pid(run_.run_dir)) {
+      ::kill(*pid, SIGKILL);
+      wait_gone(*pid, run_.run_dir, Ms(3000));
+    }
+    try {
+      clear_run_files(run_);
+    } catch (const Error&) {
+    }
+  }
+  QemuGuard(const QemuGuard&) = delete;
+  QemuGuard& operator=(const QemuGuard&) = delete;
+  void release() { armed_ = false; }
+
+ private:
+  RunLayout run_;
+  bool armed_ = true;
+};
+
+// Starts QEMU daemonized with `argv`; returns once the parent process has
+// exited successfully (QEMU then has its sockets open).
+void launch_daemon(const std::vector<std::string>& argv, Ms timeout) {
+  ProcessResult r = run_process(argv, timeout);
+  if (!r.ok()) {
+    throw Error(ErrorCode::kIo, "QEMU failed to start: " + r.describe());
+  }
+}
+
+std::string qmp_status(QmpClient& q) {
+  return q.execute("query-status").value("status", std::string("unknown"));
+}
+
+// Polls query-migrate until "completed"; throws on "failed"/"cancelled" or timeout.
+void wait_migration(QmpClient& q, Ms timeout, std::string_view what) {
+  const auto deadline = Clock::now() + timeout;
+  Ms nap(1);
+  while (true) {
+    Json info = q.execute("query-migrate");
+    std::string status = info.value("status", std::string());
+    if (status == "completed") return;
+    if (status == "failed" || status == "cancelled") {
+      throw Error(ErrorCode::kIo, std::string(what) + " " + status + ": " +
+                                      info.value("error-desc", std::string("(no reason given)")));
+    }
+    if (Clock::now() > deadline) {
+      throw Error(ErrorCode::kIo, std::string(what) + " did not complete within " +
+                                      std::to_string(timeout.count()) + " ms (status '" + status + "')");
+    }
+    std::this_thread::sleep_for(nap);
+    nap = std::min(nap * 2, Ms(20));
+  }
+}
+
+void set_ignore_shared(QmpClient& q) {
+  q.execute("migrate-set-capabilities",
+            {{"capabilities", Json::array({{{"capability", "x-ignore-shared"}, {"state", true}}})}});
+}
+
+struct ImageInfo {
+  std::string format;
+  uint64_t virtual_size = 0;
+};
+
+ImageInfo image_info(const std::string& path) {
+  ProcessResult r = run_checked({kQemuImg, "info", "-U", "--output=json", path}, Ms(30000),
+                                "qemu-img info '" + path + "'");
+  Json j = Json::parse(r.out, nullptr, false);
+  if (j.is_discarded() || !j.contains("format")) {
+    throw Error(ErrorCode::kIo, "qemu-img info gave unexpected output for '" + path + "'");
+  }
+  return {j["format"].get<std::string>(), j.value("virtual-size", uint64_t{0})};
+}
+
+// What KVM-or-TCG decision to record, and why.
+std::pair<Accel, std::string> choose_accel(const CreateOptions& opt, const MachineSpec& spec,
+                                           const RunLayout& run) {
+  if (opt.accel == "tcg") return {Accel::kTcg, "requested (--accel tcg)"};
+  if (opt.accel == "kvm") return {Accel::kKvm, "requested (--accel kvm)"};
+  if (::access("/dev/kvm", R_OK | W_OK) != 0) {
+    return {Accel::kTcg, std::string("/dev/kvm not usable: ") + std::strerror(errno)};
+  }
+  if (!spec.kernel) {
+    return {Accel::kTcg, "no --kernel to probe KVM with; TCG is the safe choice (force with --accel kvm)"};
+  }
+  // Try a short start with KVM and the pinned CPU model: success means the
+  // guest writes to its serial port within kKvmProbeMs (earlyprintk makes
+  // the kernel do so at once). QEMU exiting, or silence, means TCG.
+  const std::string probe_dir = file_in(run.run_dir, ".kvm-probe");
+  make_dirs(probe_dir);
+  RunLayout prun = run;
+  prun.run_dir = probe_dir;
+  prun.disk_file = run.path(run.disk_file);
+  MachineSpec pspec = spec;
+  pspec.accel = Accel::kKvm;
+  QemuArgvOptions po;
+  po.daemonize = false;
+  po.ram_in_file = false;
+  po.snapshot_disk = true;
+  po.extra_append = "earlyprintk=ttyS0";
+  std::string verdict;
+  bool ok = false;
+  {
+    Subprocess p = Subprocess::spawn(qemu_argv(pspec, prun, po), true);
+    const auto deadline = Clock::now() + Ms(kKvmProbeMs);
+    while (Clock::now() < deadline) {
+      if (auto r = p.wait_for(Ms(50))) {
+        verdict = "KVM probe: QEMU exited (" + r->describe() + ")";
+        break;
+      }
+      struct stat st;
+      if (::stat(prun.serial_log().c_str(), &st) == 0 && st.st_size > 0) {
+        ok = true;
+        verdict = "KVM probe: guest printed within " + std::to_string(kKvmProbeMs) + " ms";
+        break;
+      }
+    }
+    if (verdict.empty()) {
+      verdict = "KVM probe: no guest output within " + std::to_string(kKvmProbeMs) +
+                " ms (KVM here cannot run this guest)";
+    }
+    p.terminate(SIGKILL, Ms(2000));
+  }
+  std::error_code ec;
+  fs::remove_all(probe_dir, ec);
+  return {ok ? Accel::kKvm : Accel::kTcg, verdict};
+}
+
+}  // namespace
+
+std::string absolute_path(const std::string& path) {
+  std::error_code ec;
+  fs::path p = fs::absolute(path, ec);
+  if (ec) throw io_error("cannot resolve path", path, ec.value());
+  std::string s = p.lexically_normal().string();
+  while (s.size() > 1 && s.back() == '/') s.pop_back();
+  return s;
+}
+
+// ---------------------------------------------------------------- create
+
+CreateResult create_vm(const CreateOptions& opt) {
+  const auto t0 = Clock::now();
+  require_qemu();
+  if (opt.memory_mib < 16 || opt.memory_mib > (1u << 20)) {
+    throw Error(ErrorCode::kUsage, "--memory-mib must be between 16 and 1048576");
+  }
+  if (opt.cpus < 1 || opt.cpus > 64) throw Error(ErrorCode::kUsage, "--cpus must be between 1 and 64");
+  if (opt.accel != "auto" && opt.accel != "kvm" && opt.accel != "tcg") {
+    throw Error(ErrorCode::kUsage, "--accel must be auto, kvm or tcg");
+  }
+  if (opt.kernel.empty() && (!opt.initrd.empty() || !opt.append.empty())) {
+    throw Error(ErrorCode::kUsage, "--initrd and --append need --kernel");
+  }
+  for (const auto* f : {&opt.disk_image, &opt.kernel, &opt.initrd}) {
+    if (!f->empty() && !io::path_exists(*f)) throw Error(ErrorCode::kUsage, "no such file: '" + *f + "'");
+  }
+  const std::string dir = absolute_path(opt.out_dir);
+  if (io::path_exists(file_in(dir, kVmJsonName)) && !opt.force) {
+    throw Error(ErrorCode::kExists, "'" + dir + "' already holds a VM (vm.json); use --force to replace it");
+  }
+  make_dirs(dir);
+  require_not_running(dir);
+
+  CreateResult res;
+  res.dir = dir;
+  RunLayout run;
+  run.run_dir = dir;
+
+  // Disk: raw stays raw (cloned); anything else is converted.
+  const std::string disk = file_in(dir, kDiskImageName);
+  ImageInfo info = image_info(opt.disk_image);
+  res.source_format = info.format;
+  if (info.format == "raw") {
+    io::clone_image(opt.disk_image, disk, file_size(opt.disk_image));
+  } else {
+    remove_file(disk);
+    run_checked({kQemuImg, "convert", "-U", "-f", info.format, "-O", "raw", opt.disk_image, disk},
+                Ms(3600 * 1000), "qemu-img convert of '" + opt.disk_image + "' to raw");
+    res.converted = true;
+  }
+  res.disk_bytes = file_size(disk);
+
+  // RAM file: sparse, exactly the RAM size.
+  {
+    io::File m = io::File::create(file_in(dir, kMemoryImageName));
+    m.truncate(opt.memory_mib << 20);
+  }
+  remove_file(file_in(dir, kDevStateName));  // a powered-off VM has no device state
+
+  MachineSpec spec;
+  spec.memory_mib = opt.memory_mib;
+  spec.cpus = opt.cpus;
+  spec.cpu_model = opt.cpu_model;
+  spec.append = opt.append;
+  spec.disk_bytes = res.disk_bytes;
+  spec.qemu_version = qemu_version();
+  auto add_boot = [&](const std::string& src, const char* name) -> std::optional<BootFile> {
+    if (src.empty()) return std::nullopt;
+    const std::string dst = file_in(dir, name);
+    if (!(fs::exists(dst) && fs::equivalent(src, dst))) io::clone_image(src, dst, file_size(src));
+    return BootFile{name, absolute_path(src), sha256_file(dst), file_size(dst)};
+  };
+  spec.kernel = add_boot(opt.kernel, kKernelName);
+  spec.initrd = add_boot(opt.initrd, kInitrdName);
+  if (spec.kernel) run.kernel_path = file_in(dir, kKernelName);
+  if (spec.initrd) run.initrd_path = file_in(dir, kInitrdName);
+
+  const auto tp = Clock::now();
+  auto [accel, reason] = choose_accel(opt, spec, run);
+  res.probe_ms = ms_since(tp);
+  spec.accel = accel;
+  spec.accel_reason = reason;
+  res.accel = accel;
+  res.accel_reason = reason;
+
+  Json j = to_json(spec, run);
+  j["created"] = {{"at", now_iso8601()}, {"disk_source", absolute_path(opt.disk_image)},
+                  {"disk_source_format", info.format}};
+  write_vm_json(dir, j);
+  res.create_ms = ms_since(t0);
+  return res;
+}
+
+// ---------------------------------------------------------------- start
+
+StartResult start_vm(const std::string& dir_in) {
+  require_qemu();
+  const std::string dir = absolute_path(dir_in);
+  Json j = read_vm_json(dir);
+  MachineSpec spec = spec_from_json(j);
+  RunLayout run = run_from_json(j, dir);
+  require_not_running(dir);
+  resolve_boot_files(spec, run, {dir});
+  clear_run_files(run);
+
+  const auto t0 = Clock::now();
+  QemuGuard guard(run);
+  launch_daemon(qemu_argv(spec, run, {}), Ms(60000));
+  QmpClient q = QmpClient::connect(run.qmp_socket(), Ms(30000));
+  StartResult r;
+  r.run_dir = dir;
+  r.pid = running_pid(dir).value_or(-1);
+  r.accel = spec.accel;
+  r.start_ms = ms_since(t0);
+  guard.release();
+  return r;
+}
+
+// ---------------------------------------------------------------- capture
+
+CaptureResult capture_vm(const std::string& dir_in, const CaptureOptions& opt) {
+  const std::string dir = absolute_path(dir_in);
+  Json j = read_vm_json(dir);
+  MachineSpec spec = spec_from_json(j);
+  RunLayout run = run_from_json(j, dir);
+  require_running(dir);
+  if (!run.memory_shared) {
+    throw Error(ErrorCode::kUnsupported,
+                "the VM in '" + dir + "' maps its RAM copy-on-write (resumed with --shared-memory); "
+                "x-ignore-shared cannot capture such a VM. Resume it with --work but without "
+                "--shared-memory to get a VM that can be captured");
+  }
+  if (opt.out_dir.empty()) throw Error(ErrorCode::kUsage, "capture needs --out DIR");
+  const std::string out = absolute_path(opt.out_dir);
+  if (out == dir) throw Error(ErrorCode::kUsage, "--out must differ from the directory the VM runs in");
+  if (io::path_exists(file_in(out, kVmJsonName)) && !opt.force) {
+    throw Error(ErrorCode::kExists, "'" + out + "' already holds a VM (vm.json); use --force to replace it");
+  }
+  make_dirs(out);
+  require_not_running(out);
+  resolve_boot_files(spec, run, {dir});
+
+  CaptureResult res;
+  res.out_dir = out;
+  res.accel = spec.accel;
+  QmpClient q = QmpClient::connect(run.qmp_socket(), Ms(10000));
+  const std::string devstate = file_in(out, kDevStateName);
+  const std::string devstate_tmp = devstate + ".tmp";
+
+  const auto t0 = Clock::now();
+  q.execute("stop");
+  try {
+    set_ignore_shared(q);
+    const auto tm = Clock::now();
+    // QEMU 7.2 has no file: URI; exec: runs through /bin/sh, so quote the path.
+    q.execute("migrate", {{"uri", "exec:cat > " + shell_quote(devstate_tmp)}});
+    wait_migration(q, Ms(120000), "migration of the device state to '" + devstate_tmp + "'");
+    res.migrate_ms = ms_since(tm);
+
+    const auto tmem = Clock::now();
+    const std::string mem_src = run.path(run.memory_file);
+    res.memory_bytes = file_size(mem_src);
+    io::clone_image(mem_src, file_in(out, kMemoryImageName), res.memory_bytes);
+    res.copy_memory_ms = ms_since(tmem);
+
+    const auto tdisk = Clock::now();
+    const std::string disk_src = run.path(run.disk_file);
+    const std::string disk_dst = file_in(out, kDiskImageName);
+    if (run.disk_format == "raw") {
+      auto c = io::clone_image(disk_src, disk_dst, file_size(disk_src));
+      res.disk_method = "clone:" + std::string(io::clone_method_name(c.method));
+    } else {
+      // An overlay: flatten it (with its backing chain) into a raw image. The
+      // guest is paused and QEMU flushed on `stop`; -U because QEMU holds it.
+      remove_file(disk_dst);
+      run_checked({kQemuImg, "convert", "-U", "-f", run.disk_format, "-O", "raw", disk_src, disk_dst},
+                  Ms(3600 * 1000), "qemu-img convert of the overlay disk '" + disk_src + "'");
+      res.disk_method = "qemu-img convert";
+    }
+    res.disk_bytes = file_size(disk_dst);
+    res.copy_disk_ms = ms_since(tdisk);
+
+    place_boot_files(spec, run, out);
+    if (::rename(devstate_tmp.c_str(), devstate.c_str()) != 0) {
+      throw io_error("cannot rename into place", devstate, errno);
+    }
+    res.devstate_bytes = file_size(devstate);
+
+    RunLayout out_run;  // a captured VM runs in place: raw disk.img, shared memory.img
+    out_run.run_dir = out;
+    QemuArgvOptions resume_args;
+    resume_args.incoming = true;
+    Json oj = to_json(spec, out_run);
+    if (j.contains("created")) oj["created"] = j["created"];
+    oj["captured"] = {{"at", now_iso8601()},
+                      {"from", dir},
+                      {"devstate_bytes", res.devstate_bytes},
+                      {"qemu_args", qemu_argv(spec, out_run, resume_args)}};
+    write_vm_json(out, oj);
+    res.capture_ms = ms_since(t0);
+  } catch (...) {
+    remove_file(devstate_tmp);
+    if (opt.keep_running) {
+      try {
+        q.execute("cont");
+      } catch (const Error&) {
+      }
+    }
+    throw;
+  }
+  if (opt.keep_running) {
+    q.execute("cont");
+    res.kept_running = true;
+  }
+  return res;
+}
+
+// ---------------------------------------------------------------- resume
+
+ResumeResult resume_vm(const std::string& vmdir_in, const ResumeOptions& opt) {
+  const auto t0 = Clock::now();
+  require_qemu();
+  const std::string vmdir = absolute_path(vmdir_in);
+  Json j = read_vm_json(vmdir);
+  MachineSpec spec = spec_from_json(j);
+  const std::string devstate = file_in(vmdir, kDevStateName);
+  if (!io::path_exists(devstate)) {
+    throw Error(ErrorCode::kUsage, "'" + vmdir + "' has no devstate.bin: it is a powered-off VM, not a "
+                                   "captured one; boot it with `vmsynth vm start`");
+  }
+  if (opt.shared_memory && opt.work_dir.empty()) {
+    throw Error(ErrorCode::kUsage, "--shared-memory needs --work DIR");
+  }
+  RunLayout src = run_from_json(j, vmdir);
+  if (src.disk_format != "raw" || src.path(src.memory_file) != file_in(vmdir, kMemoryImageName)) {
+    throw Error(ErrorCode::kUsage, "'" + vmdir + "' is a work directory of another VM, not a captured "
+                                   "VM directory; capture it first with `vmsynth vm capture`");
+  }
+  std::vector<std::string> search = {vmdir};
+  search.insert(search.end(), opt.boot_file_dirs.begin(), opt.boot_file_dirs.end());
+
+  ResumeResult res;
+  res.accel = spec.accel;
+  res.devstate_bytes = file_size(devstate);
+  RunLayout run;
+  if (opt.work_dir.empty()) {
+    run = src;
+    require_not_running(vmdir);
+    resolve_boot_files(spec, run, search);
+  } else {
+    const std::string work = absolute_path(opt.work_dir);
+    if (work == vmdir) throw Error(ErrorCode::kUsage, "--work must differ from the VM directory");
+    make_dirs(work);
+    require_not_running(work);
+    require_not_running(vmdir);  // its disk.img would be a backing file in use for writing
+    run.run_dir = work;
+    resolve_boot_files(spec, run, search);
+    const auto tp = Clock::now();
+    // Disk: a qcow2 overlay whose backing file is the pristine raw disk.img.
+    run.disk_file = kOverlayDiskName;
+    run.disk_format = "qcow2";
+    remove_file(run.path(run.disk_file));
+    run_checked({kQemuImg, "create", "-q", "-f", "qcow2", "-F", "raw", "-b",
+                 file_in(vmdir, kDiskImageName), run.path(run.disk_file)},
+                Ms(60000), "qemu-img create of the overlay disk in '" + work + "'");
+    if (opt.shared_memory) {
+      run.memory_file = file_in(vmdir, kMemoryImageName);  // mapped MAP_PRIVATE: never written
+      run.memory_shared = false;
+    } else {
+      run.memory_file = kMemoryImageName;
+      run.memory_shared = true;
+      const std::string mem_src = file_in(vmdir, kMemoryImageName);
+      io::clone_image(mem_src, run.path(run.memory_file), file_size(mem_src));
+    }
+    place_boot_files(spec, run, work);
+    run.kernel_path = spec.kernel ? file_in(work, spec.kernel->name) : "";
+    run.initrd_path = spec.initrd ? file_in(work, spec.initrd->name) : "";
+    Json wj = to_json(spec, run);
+    wj["resumed_from"] = {{"dir", vmdir}, {"at", now_iso8601()}};
+    write_vm_json(work, wj);
+    res.prepare_ms = ms_since(tp);
+  }
+  res.run_dir = run.run_dir;
+  clear_run_files(run);
+
+  const auto tr = Clock::now();
+  QemuGuard guard(run);
+  QemuArgvOptions qo;
+  qo.incoming = true;
+  launch_daemon(qemu_argv(spec, run, qo), opt.timeout);
+  QmpClient q = QmpClient::connect(run.qmp_socket(), opt.timeout);
+  set_ignore_shared(q);
+  q.execute("migrate-incoming", {{"uri", "exec:cat " + shell_quote(devstate)}});
+  wait_migration(q, opt.timeout, "incoming migration from '" + devstate + "'");
+  if (qmp_status(q) != "running") q.execute("cont");
+  res.resume_ms = ms_since(tr);
+  res.pid = running_pid(run.run_dir).value_or(-1);
+  guard.release();
+  res.total_ms = ms_since(t0);
+  return res;
+}
+
+// ---------------------------------------------------------------- stop / status
+
+StopResult stop_vm(const std::string& dir_in, Ms grace) {
+  const std::string dir = absolute_path(dir_in);
+  const auto t0 = Clock::now();
+  RunLayout run;
+  run.run_dir = dir;
+  StopResult res;
+  res.pid = require_running(dir);
+  try {
+    QmpClient q = QmpClient::connect(run.qmp_socket(), Ms(2000));
+    q.quit(grace);
+  } catch (const Error&) {
+    // QMP unusable (hung QEMU, socket removed): signals below.
+  }
+  if (!wait_gone(res.pid, dir, grace)) {
+    res.forced = true;
+    ::kill(res.pid, SIGTERM);
+    if (!wait_gone(res.pid, dir, Ms(3000))) {
+      ::kill(res.pid, SIGKILL);
+      if (!wait_gone(res.pid, dir, Ms(3000))) {
+        throw Error(ErrorCode::kIo, "QEMU pid " + std::to_string(res.pid) + " in '" + dir +
+                                        "' did not exit after SIGKILL");
+      }
+    }
+  }
+  clear_run_files(run);
+  res.stop_ms = ms_since(t0);
+  return res;
+}
+
+VmStatus query_vm(const std::string& dir_in) {
+  const std::string dir = absolute_path(dir_in);
+  VmStatus s;
+  auto pid = running_pid(dir);
+  if (!pid) return s;
+  s.running = true;
+  s.pid = *pid;
+  try {
+    RunLayout run;
+    run.run_dir = dir;
+    QmpClient q = QmpClient::connect(run.qmp_socket(), Ms(2000));
+    s.qmp_status = qmp_status(q);
+  } catch (const Error& e) {
+    s.qmp_status = std::string("unknown (") + e.what() + ")";
+  }
+  return s;
+}
+
+}  // namespace vmsynth::vm

@@ -1,0 +1,150 @@
+// VM life cycle on top of stock QEMU 7.2: create, start, capture, resume, stop.
+//
+// A VM directory (engine/vm_dir.h) holds disk.img, memory.img, devstate.bin
+// and vm.json (vm/machine_spec.h). Guest RAM lives in a file
+// (memory-backend-file, share=on), so memory.img *is* the page-aligned RAM
+// image. Capture pauses the guest, migrates with `x-ignore-shared` to
+// `exec:cat > devstate.bin` (device state only, ~0.4 MB) and copies the RAM
+// file and the disk. Resume starts QEMU with the identical command line plus
+// `-incoming defer`, sets the same capability, `migrate-incoming` from
+// devstate.bin, and `cont`s. See docs/vm.md for the full recipe and numbers.
+//
+// A VM "runs in" a directory: QEMU is daemonized with its pidfile (qemu.pid),
+// QMP socket (qmp.sock) and serial console (serial.log, appended) there, and
+// that directory's vm.json describes where its disk and RAM are (run layout).
+// `resume --work DIR` runs on a cheap clone in DIR (qcow2 overlay of the
+// VM's disk.img + a share=on copy of memory.img, or with shared_memory a
+// copy-on-write share=off mapping of memory.img) so the source stays pristine.
+//
+// Errors: vmsynth::Error. kUnsupported when QEMU is not installed or a VM
+// cannot be captured; kUsage for "not a VM directory", "not running";
+// kExists for "already running" or an existing output without force; kIo for
+// QEMU/QMP failures (the message names the QMP command or QEMU's own error).
+//
+// Ownership: the functions own the QEMU processes only while they start
+// them; once a function returns successfully the VM runs detached (daemonized)
+// and belongs to its directory, until stop_vm(). A function that fails after
+// starting QEMU kills that QEMU before throwing.
+// Thread safety: functions are reentrant for distinct directories; two
+// operations on one directory at once are the caller's mistake.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "vm/machine_spec.h"
+
+namespace vmsynth::vm {
+
+struct CreateOptions {
+  std::string out_dir;
+  std::string disk_image;       // any format qemu-img reads; non-raw is converted to raw
+  uint64_t memory_mib = 0;      // guest RAM, MiB; range 16 .. 1048576
+  unsigned cpus = 1;            // range 1 .. 64
+  std::string cpu_model = kDefaultCpuModel;
+  std::string kernel, initrd, append;  // optional direct kernel boot
+  std::string accel = "auto";   // "auto" (probe KVM, fall back to TCG), "kvm", "tcg"
+  bool force = false;           // overwrite an existing VM directory
+};
+
+struct CreateResult {
+  std::string dir;
+  Accel accel = Accel::kTcg;
+  std::string accel_reason;
+  std::string source_format;    // format qemu-img detected for the disk image
+  bool converted = false;       // true when qemu-img convert produced disk.img
+  uint64_t disk_bytes = 0;
+  double create_ms = 0;
+  double probe_ms = 0;          // time spent deciding KVM vs TCG
+};
+
+CreateResult create_vm(const CreateOptions& opt);
+
+struct StartResult {
+  std::string run_dir;
+  pid_t pid = -1;
+  Accel accel = Accel::kTcg;
+  double start_ms = 0;          // from spawning QEMU until QMP answers
+};
+
+// Cold boot of the VM in `dir` (daemonized). Returns once QMP answers.
+StartResult start_vm(const std::string& dir);
+
+struct CaptureOptions {
+  std::string out_dir;
+  bool keep_running = false;    // `cont` after capture; otherwise the VM stays paused
+  bool force = false;           // overwrite an existing VM directory at out_dir
+};
+
+struct CaptureResult {
+  std::string out_dir;
+  Accel accel = Accel::kTcg;
+  double capture_ms = 0;        // from `stop` until every file is in out_dir (guest paused)
+  double migrate_ms = 0;        // `migrate` to devstate.bin, until completed
+  double copy_memory_ms = 0;
+  double copy_disk_ms = 0;
+  uint64_t devstate_bytes = 0;
+  uint64_t memory_bytes = 0;
+  uint64_t disk_bytes = 0;
+  std::string disk_method;      // "clone:<method>" or "qemu-img convert"
+  bool kept_running = false;
+};
+
+// Captures the VM running in `dir` into opt.out_dir.
+CaptureResult capture_vm(const std::string& dir, const CaptureOptions& opt);
+
+struct ResumeOptions {
+  // Empty: run in the VM directory itself (its disk.img and memory.img change).
+  // Otherwise: run on a clone in this directory, leaving the VM directory pristine.
+  std::string work_dir;
+  // Requires work_dir. Map the VM's memory.img copy-on-write (share=off)
+  // instead of copying it: N clones start cheaply from one image, but such a
+  // VM cannot itself be captured.
+  bool shared_memory = false;
+  // Extra directories searched for the boot files (kernel, initrd) by hash,
+  // before their recorded origin; e.g. the base VM directory for a
+  // synthesized VM (overlays do not carry boot files).
+  std::vector<std::string> boot_file_dirs;
+  // Upper bound for QEMU start + incoming migration. Default 60 s.
+  std::chrono::milliseconds timeout{60000};
+};
+
+struct ResumeResult {
+  std::string run_dir;          // where the VM runs (qmp.sock, serial.log, qemu.pid)
+  pid_t pid = -1;
+  Accel accel = Accel::kTcg;
+  double prepare_ms = 0;        // work-dir clone (overlay, RAM copy, boot files)
+  double resume_ms = 0;         // from spawning QEMU until `cont` returned (guest running)
+  double total_ms = 0;          // prepare + resume + bookkeeping
+  uint64_t devstate_bytes = 0;
+};
+
+// Resumes a captured or synthesized VM directory in the background.
+ResumeResult resume_vm(const std::string& vmdir, const ResumeOptions& opt);
+
+struct StopResult {
+  pid_t pid = -1;
+  bool forced = false;          // QMP quit did not end QEMU in time; signals were used
+  double stop_ms = 0;
+};
+
+// Quits the VM running in `dir`: QMP quit, then SIGTERM, then SIGKILL.
+StopResult stop_vm(const std::string& dir,
+                   std::chrono::milliseconds grace = std::chrono::milliseconds(5000));
+
+struct VmStatus {
+  bool running = false;
+  pid_t pid = -1;
+  std::string qmp_status;       // QMP query-status "status" when running
+};
+
+VmStatus query_vm(const std::string& dir);
+
+// Absolute, normalised form of `path` (the directory itself need not exist).
+std::string absolute_path(const std::string& path);
+
+}  // namespace vmsynth::vm
