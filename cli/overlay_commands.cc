@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
+#include "cli/key_options.h"
 #include "cli/progress.h"
 #include "common/error.h"
 #include "engine/overlay_creator.h"
@@ -51,7 +52,8 @@ void add_create(CLI::App& overlay) {
   struct Args {
     std::string base, launch, out, level = std::to_string(kDefaultLevel);
     unsigned threads = 0;
-    bool force = false, json = false;
+    bool force = false, json = false, encrypt = false;
+    KeyOptions key;
   };
   auto args = std::make_shared<Args>();
   CLI::App* c = overlay.add_subcommand("create", "Create an overlay: the launch VM's difference from the base VM.");
@@ -64,10 +66,17 @@ void add_create(CLI::App& overlay) {
                 "zstd level 1-22, or 'max' for the smallest overlay (slowest); default " +
                     std::to_string(kDefaultLevel));
   c->add_option("--threads", args->threads, "Worker threads; 0 = one per core (default)");
+  c->add_flag("--encrypt", args->encrypt,
+              "Seal every frame with AES-256-GCM (needs --key-file or --passphrase-file, which imply it)");
+  args->key.add_to(*c, "to encrypt with");
   c->add_flag("--force", args->force, "Replace an existing output file");
   c->add_flag("--json", args->json, "Print the result as JSON");
   c->callback([args] {
+    if (args->encrypt && !args->key.given()) {
+      throw Error(ErrorCode::kUsage, "--encrypt needs --key-file FILE or --passphrase-file FILE");
+    }
     CreateOptions o;
+    o.key = args->key.load();
     o.base_dir = args->base;
     o.launch_dir = args->launch;
     o.output = args->out;
@@ -82,6 +91,7 @@ void add_create(CLI::App& overlay) {
       nlohmann::json j = {{"ok", true},
                           {"overlay", args->out},
                           {"overlay_bytes", s.overlay_bytes},
+                          {"encrypted", o.key.present()},
                           {"base_id", s.base_id.hex()},
                           {"launch_memory_bytes", s.launch_size[0]},
                           {"launch_disk_bytes", s.launch_size[1]},
@@ -99,7 +109,8 @@ void add_create(CLI::App& overlay) {
       std::printf("%s\n", j.dump(2).c_str());
     } else {
       uint64_t launch = s.launch_size[0] + s.launch_size[1];
-      std::printf("overlay %s: %s (%.2f%% of the launch VM's %s), %llu frames, %.2f s\n", args->out.c_str(),
+      std::printf("overlay %s%s: %s (%.2f%% of the launch VM's %s), %llu frames, %.2f s\n", args->out.c_str(),
+                  o.key.present() ? " (encrypted)" : "",
                   human_bytes(s.overlay_bytes).c_str(), launch ? 100.0 * double(s.overlay_bytes) / double(launch) : 0.0,
                   human_bytes(launch).c_str(), static_cast<unsigned long long>(s.frames), s.seconds_total);
       print_kinds(s.kind_count);
@@ -111,15 +122,18 @@ void add_info(CLI::App& overlay) {
   struct Args {
     std::string file;
     bool json = false;
+    KeyOptions key;
   };
   auto args = std::make_shared<Args>();
   CLI::App* c = overlay.add_subcommand("info", "Describe an overlay (base id, sizes, ops) without decoding payloads.");
   c->add_option("file", args->file, "Overlay file, or - for standard input")->required();
+  args->key.add_to(*c, "of an encrypted overlay (optional: without it only the clear headers are shown, unverified)");
   c->add_flag("--json", args->json, "Print the result as JSON");
   c->callback([args] {
     auto src = io::open_source(args->file);
-    OverlayInfo info = inspect_overlay(*src);
+    OverlayInfo info = inspect_overlay(*src, args->key.load());
     const auto& h = info.header;
+    const char* kdf = h.kdf == format::Kdf::kScrypt ? "scrypt" : h.kdf == format::Kdf::kRawKey ? "raw-key" : "none";
     if (args->json) {
       nlohmann::json files = nlohmann::json::array();
       for (const auto& f : info.files) {
@@ -133,7 +147,11 @@ void add_info(CLI::App& overlay) {
           {"base_disk_bytes", h.base_size[1]},
           {"launch_memory_bytes", h.launch_size[0]},
           {"launch_disk_bytes", h.launch_size[1]},
-          {"encrypted", (h.flags & format::kFlagEncrypted) != 0},
+          {"encrypted", h.encrypted()},
+          {"cipher", h.encrypted() ? "aes-256-gcm" : "none"},
+          {"key_derivation", kdf},
+          {"authenticated", info.authenticated},
+          {"tables_decoded", info.tables_decoded},
           {"overlay_bytes", info.overlay_bytes},
           {"frames", info.frames},
           {"block_frames", info.block_frames},
@@ -153,6 +171,16 @@ void add_info(CLI::App& overlay) {
                 human_bytes(h.base_size[1]).c_str());
     std::printf("launch    memory %s, disk %s\n", human_bytes(h.launch_size[0]).c_str(),
                 human_bytes(h.launch_size[1]).c_str());
+    if (h.encrypted()) {
+      std::string k = kdf;
+      if (h.kdf == format::Kdf::kScrypt) {
+        k += " (N=2^" + std::to_string(h.kdf_log2_n) + ", r=" + std::to_string(h.kdf_r) + ", p=" +
+             std::to_string(h.kdf_p) + ")";
+      }
+      std::printf("encrypted AES-256-GCM, key from %s; %s\n", k.c_str(),
+                  info.authenticated ? "authenticated with the given key"
+                                     : "NOT authenticated (no key given): the headers shown are unverified");
+    }
     std::printf("ops:\n");
     print_kinds(info.kind_count);
     std::printf("payload   %s -> %s stored; op tables %s\n", human_bytes(info.payload_raw_bytes).c_str(),

@@ -1,4 +1,5 @@
 // `vmsynth synthesize`: base VM + overlay -> launch VM directory.
+#include <signal.h>
 #include <sys/stat.h>
 
 #include <cstdio>
@@ -8,19 +9,38 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
+#include "cli/key_options.h"
 #include "cli/progress.h"
 #include "common/error.h"
+#include "engine/cancel.h"
 #include "engine/synthesis.h"
 #include "io/byte_source.h"
 
 namespace vmsynth::cli {
 
+namespace {
+void on_interrupt(int) { request_cancel(); }  // async-signal-safe
+
+// SIGINT/SIGTERM ask the engine to stop at the next frame (it then removes its
+// staging directory and exits with kInterrupted). SA_RESETHAND: a second
+// signal kills the process the default way.
+void install_interrupt_handler() {
+  struct sigaction sa {};
+  sa.sa_handler = on_interrupt;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESETHAND | SA_RESTART;
+  ::sigaction(SIGINT, &sa, nullptr);
+  ::sigaction(SIGTERM, &sa, nullptr);
+}
+}  // namespace
+
 void add_synthesize_command(CLI::App& app) {
   struct Args {
-    std::string base, overlay, out, engine = "serial", clone = "auto";
+    std::string base, overlay, out, engine = "parallel", clone = "auto";
     unsigned threads = 0, queue_depth = 64;
     uint64_t memory_mib = 256;
     bool force = false, json = false, no_uring = false;
+    KeyOptions key;
   };
   auto args = std::make_shared<Args>();
   CLI::App* c = app.add_subcommand("synthesize", "Apply an overlay to a base VM, producing the launch VM.");
@@ -31,7 +51,7 @@ void add_synthesize_command(CLI::App& app) {
       ->required();
   c->add_option("--out", args->out, "Launch VM directory to create (built under a temporary name, then renamed)")
       ->required();
-  c->add_option("--engine", args->engine, "serial (reference, default) or parallel")
+  c->add_option("--engine", args->engine, "parallel (oneTBB flow graph, io_uring writes; default) or serial (one thread, the reference)")
       ->check(CLI::IsMember({"serial", "parallel"}));
   c->add_option("--threads", args->threads, "Parallel engine worker threads; 0 = one per core (default)");
   c->add_option("--clone", args->clone,
@@ -43,6 +63,7 @@ void add_synthesize_command(CLI::App& app) {
       ->check(CLI::Range(1u, 4096u));
   c->add_option("--memory-mib", args->memory_mib, "Parallel engine: MiB of frames in flight, >= 16 (default 256)")
       ->check(CLI::Range(uint64_t{16}, uint64_t{1} << 20));
+  args->key.add_to(*c, "of an encrypted overlay (then only an encrypted overlay is accepted)");
   c->add_flag("--force", args->force, "Replace an existing --out directory");
   c->add_flag("--json", args->json, "Print the result as JSON");
   c->callback([args] {
@@ -56,10 +77,12 @@ void add_synthesize_command(CLI::App& app) {
     o.force_pwrite = args->no_uring;
     o.queue_depth = args->queue_depth;
     o.memory_budget = args->memory_mib << 20;
+    o.key = args->key.load();
     struct stat st;
     if (args->overlay != "-" && ::stat(args->overlay.c_str(), &st) == 0 && S_ISREG(st.st_mode)) {
       o.source_size = static_cast<uint64_t>(st.st_size);
     }
+    install_interrupt_handler();
     auto src = io::open_source(args->overlay);
     TerminalProgress progress("synthesizing");
     o.progress = progress.callback();

@@ -12,7 +12,6 @@ using codec::ByteWriter;
 
 namespace {
 
-constexpr size_t kFileHeaderChecksumAt = kFileHeaderSize - 8;
 constexpr size_t kFrameHeaderChecksumAt = kFrameHeaderSize - 8;
 
 template <size_t N>
@@ -113,8 +112,27 @@ FileHeader decode_file_header(std::span<const std::byte, kFileHeaderSize> bytes)
   r.bytes_into(h.salt);
   r.bytes_into(h.nonce_prefix);
   r.bytes_into(h.key_check);
-  if (h.cipher != Cipher::kNone || (h.flags & kFlagEncrypted)) {
-    throw Error(ErrorCode::kUnsupported, "encrypted overlays are not supported by this vmsynth");
+  const bool zero_params = h.kdf_log2_n == 0 && h.kdf_r == 0 && h.kdf_p == 0;
+  const std::array<uint8_t, 32> no_salt{};
+  if (h.nonce_prefix != std::array<uint8_t, 12>{}) {
+    throw Error(ErrorCode::kUnsupported, "overlay header: the reserved nonce prefix is not zero");
+  }
+  if (h.encrypted()) {
+    if (h.cipher != Cipher::kAes256Gcm) {
+      throw Error(ErrorCode::kUnsupported,
+                  "overlay header: unknown cipher " + std::to_string(static_cast<unsigned>(h.cipher)));
+    }
+    if (h.kdf == Kdf::kRawKey) {
+      if (!zero_params) throw_corrupt("overlay header: scrypt parameters set for a raw-key overlay");
+    } else if (h.kdf != Kdf::kScrypt) {
+      throw Error(ErrorCode::kUnsupported,
+                  "overlay header: unknown key derivation " + std::to_string(static_cast<unsigned>(h.kdf)));
+    }
+    // The scrypt parameters' range is checked where they are used
+    // (codec/crypto.cc), so `overlay info` can still show them.
+  } else if (h.cipher != Cipher::kNone || h.kdf != Kdf::kNone || !zero_params || h.salt != no_salt ||
+             h.key_check != std::array<uint8_t, 16>{}) {
+    throw_corrupt("overlay header: encryption fields are set but the overlay is not marked encrypted");
   }
   return h;
 }
@@ -167,7 +185,9 @@ FrameHeader decode_frame_header(std::span<const std::byte, kFrameHeaderSize> byt
   if (type < 1 || type > 3) throw_corrupt("frame header: unknown frame type " + std::to_string(type));
   h.type = static_cast<FrameType>(type);
   h.flags = r.u16();
-  if (h.flags != 0) throw Error(ErrorCode::kUnsupported, "frame header: unknown flags " + std::to_string(h.flags));
+  if (h.flags & ~kKnownFrameFlags) {
+    throw Error(ErrorCode::kUnsupported, "frame header: unknown flags " + std::to_string(h.flags));
+  }
   h.index = r.u64();
   h.table_stored = r.u32();
   h.table_raw = r.u32();
@@ -182,6 +202,9 @@ FrameHeader decode_frame_header(std::span<const std::byte, kFrameHeaderSize> byt
   h.table_checksum = r.u64();
   h.payload_checksum = r.u64();
   r.bytes_into(h.auth_tag);
+  if (!h.sealed() && h.auth_tag != std::array<uint8_t, 16>{}) {
+    throw_corrupt("frame header: authentication tag set on a frame that is not sealed");
+  }
 
   auto limit = [](uint64_t value, uint64_t max, const char* field) {
     if (value > max) {
@@ -189,32 +212,48 @@ FrameHeader decode_frame_header(std::span<const std::byte, kFrameHeaderSize> byt
                     std::to_string(max));
     }
   };
-  limit(h.table_stored, kMaxStoredSize, "stored table size");
-  limit(h.payload_stored, kMaxStoredSize, "stored payload size");
+  // Stored sizes are bounded by what the encoder can produce from the raw
+  // sizes (themselves bounded below), so no header makes a reader allocate
+  // more than about 4 MiB per blocks frame or 64 MiB per file frame.
+  const uint64_t tag = h.sealed() ? kSealTagSize : 0;
+  auto payload_bounds = [&](const char* what) {
+    if ((h.payload_raw == 0) != (h.payload_stored == 0)) {
+      throw_corrupt(std::string("frame header: ") + what + " is empty in one size field but not the other");
+    }
+    if (h.payload_raw != 0) {
+      limit(h.payload_stored, zstd_bound(h.payload_raw) + tag, "stored payload size");
+      if (h.payload_stored <= tag) throw_corrupt("frame header: sealed payload shorter than its tag");
+    }
+  };
   switch (h.type) {
     case FrameType::kBlocks: {
       limit(h.op_count, kMaxFrameBlocks, "op count");
       limit(h.table_raw, kMaxTableRaw, "table size");
       if (h.op_count == 0) throw_corrupt("frame header: blocks frame with no ops");
       if (kinds != h.op_count) throw_corrupt("frame header: op kind counts do not add up to the op count");
+      if (h.table_raw == 0 || h.table_stored == 0) throw_corrupt("frame header: blocks frame without an op table");
+      limit(h.table_stored, zstd_bound(h.table_raw), "stored table size");
       uint64_t payload_blocks = uint64_t{h.kind_count[static_cast<unsigned>(OpKind::kDelta)]} +
                                 h.kind_count[static_cast<unsigned>(OpKind::kLiteral)];
       if (uint64_t{h.payload_raw} != payload_blocks * kBlockSize) {
         throw_corrupt("frame header: payload size does not match its delta and literal op counts");
       }
-      if ((h.payload_raw == 0) != (h.payload_stored == 0)) throw_corrupt("frame header: empty payload mismatch");
+      payload_bounds("payload");
       break;
     }
     case FrameType::kFile:
       if (h.op_count != 1 || kinds != 0) throw_corrupt("frame header: file frame must carry exactly one file");
-      if (h.table_raw != kFileRecordSize) throw_corrupt("frame header: file record size mismatch");
+      if (h.table_raw != kFileRecordSize || h.table_stored != kFileRecordSize) {
+        throw_corrupt("frame header: file record size mismatch");
+      }
       limit(h.payload_raw, kMaxOpaqueFileSize, "file size");
+      payload_bounds("file payload");
       break;
     case FrameType::kEnd:
       if (h.op_count != 0 || kinds != 0 || h.table_stored != 0 || h.table_raw != 0) {
         throw_corrupt("frame header: end frame carries ops");
       }
-      if (h.payload_raw != kTrailerSize || h.payload_stored != kTrailerSize) {
+      if (h.payload_raw != kTrailerSize || h.payload_stored != kTrailerSize + tag) {
         throw_corrupt("frame header: end frame trailer size mismatch");
       }
       break;

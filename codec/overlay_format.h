@@ -28,12 +28,12 @@ namespace vmsynth::format {
 
 inline constexpr std::array<char, 8> kMagic = {'V', 'M', 'S', 'Y', 'N', 'O', 'V', 'L'};
 inline constexpr uint16_t kVersionMajor = 1;  // incompatible changes
-inline constexpr uint16_t kVersionMinor = 0;  // compatible additions
+inline constexpr uint16_t kVersionMinor = 1;  // compatible additions (1.1: encryption defined)
 inline constexpr size_t kFileHeaderSize = 256;
 inline constexpr uint32_t kBlockSize = 4096;  // bytes per block, memory and disk
 
 // Header flags.
-inline constexpr uint32_t kFlagEncrypted = 1u << 0;  // reserved: frames are AES-256-GCM sealed
+inline constexpr uint32_t kFlagEncrypted = 1u << 0;  // every frame is AES-256-GCM sealed (codec/crypto.h)
 inline constexpr uint32_t kKnownFileFlags = kFlagEncrypted;
 
 // Images, numbered as in block addresses.
@@ -41,7 +41,8 @@ inline constexpr unsigned kImageMemory = 0;
 inline constexpr unsigned kImageDisk = 1;
 inline constexpr unsigned kImageCount = 2;
 
-// Cipher and key-derivation identifiers (reserved for per-frame encryption).
+// Cipher and key-derivation identifiers of an encrypted overlay (both 0 when
+// it is not encrypted). See docs/overlay-format.md, "Encryption".
 enum class Cipher : uint8_t { kNone = 0, kAes256Gcm = 1 };
 enum class Kdf : uint8_t { kNone = 0, kRawKey = 1, kScrypt = 2 };
 
@@ -55,12 +56,14 @@ struct FileHeader {
   uint32_t max_frame_blocks = 0;  // the largest op count any frame of this overlay has
   Cipher cipher = Cipher::kNone;
   Kdf kdf = Kdf::kNone;
-  uint8_t kdf_log2_n = 0;  // scrypt cost parameters
+  uint8_t kdf_log2_n = 0;  // scrypt cost parameters (kdf == kScrypt), else 0
   uint8_t kdf_r = 0;
   uint8_t kdf_p = 0;
-  std::array<uint8_t, 32> salt{};
-  std::array<uint8_t, 12> nonce_prefix{};
-  std::array<uint8_t, 16> key_check{};
+  std::array<uint8_t, 32> salt{};          // random per encrypted overlay: KDF and HKDF salt; else 0
+  std::array<uint8_t, 12> nonce_prefix{};  // reserved, zero (nonces are built from the frame index)
+  std::array<uint8_t, 16> key_check{};     // GCM tag over the header (this field zeroed); else 0
+
+  bool encrypted() const { return (flags & kFlagEncrypted) != 0; }
 };
 
 std::array<std::byte, kFileHeaderSize> encode_file_header(const FileHeader& h);
@@ -77,12 +80,23 @@ inline constexpr size_t kFrameHeaderSize = 96;
 
 enum class FrameType : uint16_t { kBlocks = 1, kFile = 2, kEnd = 3 };
 
+// Frame header flags.
+inline constexpr uint16_t kFrameFlagSealed = 1u << 0;  // table and payload are AES-256-GCM sealed
+inline constexpr uint16_t kKnownFrameFlags = kFrameFlagSealed;
+inline constexpr uint32_t kSealTagSize = 16;  // GCM tag appended to a sealed frame's non-empty payload
+
 // Limits that bound what a decoder allocates, whatever a header claims.
 inline constexpr uint32_t kMaxFrameBlocks = 1024;                           // ops per blocks frame
 inline constexpr uint32_t kMaxBlocksPayload = kMaxFrameBlocks * kBlockSize;  // 4 MiB
 inline constexpr uint32_t kMaxTableRaw = kMaxFrameBlocks * 40;               // > worst-case op encoding
 inline constexpr uint32_t kMaxOpaqueFileSize = 64u << 20;                    // 64 MiB
-inline constexpr uint32_t kMaxStoredSize = (64u << 20) + (1u << 20);        // bound on any stored part
+// The most bytes zstd may need to store `raw` bytes (ZSTD_COMPRESSBOUND,
+// checked against zstd in frame_codec.cc). A stored part larger than the
+// bound of its raw size cannot come from the encoder and is refused before
+// anything is allocated for it.
+constexpr uint64_t zstd_bound(uint64_t raw) {
+  return raw + (raw >> 8) + (raw < (128u << 10) ? ((128u << 10) - raw) >> 11 : 0);
+}
 // zstd window bound used by encoder and decoder: prefix (<= 4 MiB) + content (<= 4 MiB).
 inline constexpr int kZstdWindowLog = 23;
 
@@ -111,7 +125,7 @@ struct BlockOp {
 
 struct FrameHeader {
   FrameType type = FrameType::kBlocks;
-  uint16_t flags = 0;        // reserved, zero
+  uint16_t flags = 0;        // kFrameFlagSealed in encrypted overlays, else 0
   uint64_t index = 0;        // 0, 1, 2, ... in stream order; the end frame has the next index
   uint32_t table_stored = 0; // bytes of the op table as stored (zstd)
   uint32_t table_raw = 0;    // bytes of the op table once decompressed
@@ -121,7 +135,9 @@ struct FrameHeader {
   std::array<uint32_t, kOpKindCount> kind_count{};  // ops per OpKind (blocks frames)
   uint64_t table_checksum = 0;    // XXH3-64 of the stored table
   uint64_t payload_checksum = 0;  // XXH3-64 of the stored payload
-  std::array<uint8_t, 16> auth_tag{};  // reserved for AES-GCM, zero when not encrypted
+  std::array<uint8_t, 16> auth_tag{};  // sealed: GCM tag of the table message; else zero
+
+  bool sealed() const { return (flags & kFrameFlagSealed) != 0; }
 
   uint64_t body_size() const { return uint64_t{table_stored} + payload_stored; }
 };
@@ -129,6 +145,9 @@ struct FrameHeader {
 std::array<std::byte, kFrameHeaderSize> encode_frame_header(const FrameHeader& h);
 // Validates magic, checksum, type, and every size against the limits above.
 FrameHeader decode_frame_header(std::span<const std::byte, kFrameHeaderSize> bytes);
+// Bytes of an encoded frame header that a sealed frame authenticates (its
+// AAD): everything before the two checksums, tag and header checksum.
+inline constexpr size_t kFrameAadSize = 56;
 // XXH3-64 checksum field of an encoded frame header (the last 8 bytes).
 uint64_t frame_header_checksum(std::span<const std::byte, kFrameHeaderSize> bytes);
 

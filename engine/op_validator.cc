@@ -17,12 +17,21 @@ OpValidator::OpValidator(const format::FileHeader& h) {
   for (unsigned i = 0; i < format::kImageCount; ++i) {
     base_blocks_[i] = format::blocks_in(h.base_size[i]);
     launch_blocks_[i] = format::blocks_in(h.launch_size[i]);
-    covered_[i].assign((launch_blocks_[i] + 63) / 64, 0);
   }
 }
 
-bool OpValidator::covered(format::BlockAddress a) const {
-  return (covered_[a.image][a.block / 64] >> (a.block % 64)) & 1;
+uint64_t* OpValidator::Coverage::word(uint64_t block, bool create) {
+  auto it = leaves.find(block / kLeafBlocks);
+  if (it == leaves.end()) {
+    if (!create) return nullptr;
+    it = leaves.emplace(block / kLeafBlocks, std::make_unique<Leaf>()).first;
+  }
+  return &(*it->second)[(block % kLeafBlocks) / 64];
+}
+
+bool OpValidator::covered(format::BlockAddress a) {
+  const uint64_t* w = covered_[a.image].word(a.block, false);
+  return w && ((*w >> (a.block % 64)) & 1);
 }
 
 void OpValidator::check_blocks_frame(std::span<const BlockOp> ops) {
@@ -51,7 +60,7 @@ void OpValidator::check_blocks_frame(std::span<const BlockOp> ops) {
   }
   for (size_t i = 0; i < ops.size(); ++i) {
     const BlockOp& op = ops[i];
-    uint64_t& word = covered_[op.target.image][op.target.block / 64];
+    uint64_t& word = *covered_[op.target.image].word(op.target.block, true);
     uint64_t bit = uint64_t{1} << (op.target.block % 64);
     if (word & bit) fail(i, op, "targets a block that another op already covers");
     word |= bit;

@@ -182,7 +182,7 @@ std::vector<FramePlan> plan_frames(const std::vector<Changed>& changed) {
 }
 
 // The opaque files of the launch VM, each delta-encoded against the base's
-// file of the same name when that is smaller.
+// file of the same name when that is smaller (FrameCodec::encode_file chooses).
 std::vector<codec::EncodedFrame> encode_files(const VmDir& base, const VmDir& launch, codec::FrameCodec& codec,
                                               uint64_t& next_index, uint64_t& raw_bytes) {
   std::vector<codec::EncodedFrame> out;
@@ -195,21 +195,13 @@ std::vector<codec::EncodedFrame> encode_files(const VmDir& base, const VmDir& la
     raw_bytes += content.size();
     format::FileRecord rec;
     rec.id = fid;
-    rec.size = content.size();
     rec.hash = hash128(std::as_bytes(std::span(content)));
-    auto bytes = std::as_bytes(std::span(content));
-    codec::EncodedFrame best = codec.encode_file(next_index, rec, bytes, {});
     std::string base_path = base.file(name);
-    if (io::path_exists(base_path)) {
-      std::string prefix = io::read_small_file(base_path, format::kMaxOpaqueFileSize);
-      format::FileRecord drec = rec;
-      drec.encoding = format::FileEncoding::kZstdBasePrefix;
-      drec.prefix_hash = hash128(std::as_bytes(std::span(prefix)));
-      codec::EncodedFrame d = codec.encode_file(next_index, drec, bytes, std::as_bytes(std::span(prefix)));
-      if (d.bytes.size() < best.bytes.size()) best = std::move(d);
-    }
-    ++next_index;
-    out.push_back(std::move(best));
+    std::string prefix;
+    if (io::path_exists(base_path)) prefix = io::read_small_file(base_path, format::kMaxOpaqueFileSize);
+    auto prefix_bytes = std::as_bytes(std::span(prefix));
+    out.push_back(codec.encode_file(next_index++, rec, std::as_bytes(std::span(content)),
+                                    prefix.empty() ? nullptr : &prefix_bytes));
   }
   return out;
 }
@@ -282,7 +274,11 @@ CreateStats create_overlay(const CreateOptions& opts) {
     out.pwrite_full(bytes, offset);
     offset += bytes.size();
   };
+  std::shared_ptr<codec::FrameKeys> sealing;
+  if (opts.key.present()) sealing = codec::FrameKeys::create(header, opts.key, opts.scrypt);
   auto head = format::encode_file_header(header);
+  if (sealing) sealing->seal_header(head);  // key check, and the digest every frame's AAD carries
+  const std::shared_ptr<const codec::FrameKeys> keys = sealing;
   emit(head);
 
   codec::FrameChain chain;
@@ -295,14 +291,14 @@ CreateStats create_overlay(const CreateOptions& opts) {
     for (unsigned k = 0; k < format::kOpKindCount; ++k) st.kind_count[k] += f.header.kind_count[k];
   };
   {
-    codec::FrameCodec fc(opts.level);
+    codec::FrameCodec fc(keys, opts.level);
     for (const auto& f : encode_files(base_dir, launch_dir, fc, next_index, st.file_bytes)) emit_frame(f);
   }
 
   // Encode frames in parallel, write them in order. The token count bounds
   // memory: at most that many frames (<= 4 MiB payload each) are in flight.
   const uint64_t first_block_frame = next_index;
-  tbb::enumerable_thread_specific<codec::FrameCodec> codecs([&] { return codec::FrameCodec(opts.level); });
+  tbb::enumerable_thread_specific<codec::FrameCodec> codecs([&] { return codec::FrameCodec(keys, opts.level); });
   size_t next_plan = 0;
   uint64_t frames_written = 0;
   arena.execute([&] {
@@ -347,7 +343,7 @@ CreateStats create_overlay(const CreateOptions& opts) {
   trailer.frame_count = next_index;
   for (unsigned k = 0; k < format::kOpKindCount; ++k) trailer.kind_count[k] = st.kind_count[k];
   trailer.frame_chain = chain.digest();
-  auto end = codec::FrameCodec::encode_end(next_index, trailer);
+  auto end = codec::FrameCodec::encode_end(next_index, trailer, keys.get());
   emit(end.bytes);
   out.sync();
   out.close();

@@ -13,14 +13,17 @@
 // earlier frames). Frames are compressed in parallel and written in order, so
 // the output bytes do not depend on the thread count.
 //
-// The output is written to a temporary sibling and renamed into place only
-// once complete. The base and launch directories are only read.
+// With a key (CreateOptions::key), every frame is sealed with AES-256-GCM
+// under a key derived for this overlay alone (codec/crypto.h); the headers stay
+// readable. The output is written to a temporary sibling and renamed into
+// place only once complete. The base and launch directories are only read.
 #pragma once
 
 #include <array>
 #include <string>
 
 #include "codec/block_hash.h"
+#include "codec/crypto.h"
 #include "codec/overlay_format.h"
 #include "engine/progress.h"
 
@@ -37,6 +40,8 @@ struct CreateOptions {
   unsigned threads = 0;       // worker threads; 0 = one per core
   bool force = false;         // replace an existing output file
   ProgressFn progress;        // launch blocks examined, then frames written
+  codec::KeySpec key;         // none: not encrypted; a raw key or a passphrase: encrypted
+  codec::ScryptParams scrypt; // passphrase only: scrypt cost (default N=2^15, r=8, p=1)
 };
 
 struct CreateStats {

@@ -6,25 +6,35 @@
 
 namespace vmsynth {
 
-OverlayInfo inspect_overlay(io::ByteSource& src) {
-  OverlayReader reader(src);
+OverlayInfo inspect_overlay(io::ByteSource& src, const codec::KeySpec& key) {
+  OverlayReader reader(src, key, KeyUse::kHeadersOnly);
   OverlayInfo info;
   info.header = reader.header();
-  codec::FrameCodec codec;
+  info.authenticated = reader.authenticated();
+  info.tables_decoded = reader.authenticated();
+  codec::FrameCodec codec(reader.keys());
   RawFrame f;
   while (reader.next(f)) {
     ++info.frames;
     try {
       if (f.header.type == format::FrameType::kFile) {
+        if (!info.tables_decoded) {
+          info.files.push_back({"(encrypted)", f.header.payload_raw, f.header.payload_stored, false});
+          continue;
+        }
         format::FileRecord r = codec.decode_file_table(f.header, f.table());
         info.files.push_back({std::string(format::file_id_name(r.id)), r.size, f.header.payload_stored,
                               r.encoding == format::FileEncoding::kZstdBasePrefix});
         continue;
       }
       ++info.block_frames;
-      for (const format::BlockOp& op : codec.decode_blocks_table(f.header, f.table())) {
-        ++info.kind_count[static_cast<unsigned>(op.kind)];
-        ++info.kind_count_by_image[op.target.image][static_cast<unsigned>(op.kind)];
+      if (info.tables_decoded) {
+        for (const format::BlockOp& op : codec.decode_blocks_table(f.header, f.table())) {
+          ++info.kind_count[static_cast<unsigned>(op.kind)];
+          ++info.kind_count_by_image[op.target.image][static_cast<unsigned>(op.kind)];
+        }
+      } else {
+        for (unsigned k = 0; k < format::kOpKindCount; ++k) info.kind_count[k] += f.header.kind_count[k];
       }
       info.table_stored_bytes += f.header.table_stored;
       info.payload_raw_bytes += f.header.payload_raw;

@@ -16,7 +16,7 @@ size_t OverlayReader::read(std::span<std::byte> buf) {
   return n;
 }
 
-OverlayReader::OverlayReader(io::ByteSource& src) : src_(src) {
+OverlayReader::OverlayReader(io::ByteSource& src, const codec::KeySpec& key, KeyUse use) : src_(src) {
   std::array<std::byte, format::kFileHeaderSize> head;
   size_t n = read(head);
   if (n == 0) throw_corrupt("the overlay is empty");
@@ -28,6 +28,13 @@ OverlayReader::OverlayReader(io::ByteSource& src) : src_(src) {
     header_ = format::decode_file_header(head);
   } catch (Error& e) {
     throw e.with("overlay header at byte 0");
+  }
+  if (header_.encrypted()) {
+    if (key.present() || use == KeyUse::kRequire) keys_ = codec::FrameKeys::open(header_, head, key);
+  } else if (key.present()) {
+    throw Error(ErrorCode::kWrongKey, key.origin +
+                                          " was given, but this overlay is not encrypted, so it is not authenticated "
+                                          "either; leave out the key to accept an unencrypted overlay");
   }
 }
 
@@ -47,6 +54,15 @@ bool OverlayReader::next(RawFrame& f) {
     throw e.with("frame " + std::to_string(frames_) + " at byte " + std::to_string(at));
   }
   const std::string where = "frame " + std::to_string(frames_) + " at byte " + std::to_string(at);
+  if (h.sealed() != header_.encrypted()) {
+    throw_corrupt(std::string(h.sealed() ? "an encrypted frame in an unencrypted overlay"
+                                         : "an unencrypted frame in an encrypted overlay") +
+                  " (" + where + ")");
+  }
+  if (h.type == format::FrameType::kBlocks && h.op_count > header_.max_frame_blocks) {
+    throw_corrupt("frame with " + std::to_string(h.op_count) + " ops, more than the " +
+                  std::to_string(header_.max_frame_blocks) + " the overlay header declares (" + where + ")");
+  }
   if (h.index != frames_) {
     throw_corrupt("frame out of order: expected index " + std::to_string(frames_) + ", found " +
                   std::to_string(h.index) + " (" + where + ")");
@@ -56,8 +72,22 @@ bool OverlayReader::next(RawFrame& f) {
   if (read(body) < body.size()) {
     throw_corrupt("the overlay is truncated: it ends at byte " + std::to_string(offset_) + ", inside " + where);
   }
+  if (h.type == format::FrameType::kEnd && !authenticated()) {
+    // Encrypted and read without the key: the trailer cannot be opened, so
+    // only the stream's shape (end frame present, nothing after it) is checked.
+    std::byte extra;
+    if (src_.read_some(std::span(&extra, 1)) != 0) {
+      throw_corrupt("unexpected data after the end frame at byte " + std::to_string(offset_));
+    }
+    done_ = true;
+    return false;
+  }
   if (h.type == format::FrameType::kEnd) {
-    trailer_ = codec::FrameCodec::decode_end(h, body);
+    try {
+      trailer_ = codec::FrameCodec::decode_end(h, body, keys_.get());
+    } catch (Error& e) {
+      throw e.with(where);
+    }
     if (trailer_.frame_count != frames_) {
       throw_corrupt("the end frame counts " + std::to_string(trailer_.frame_count) + " frames but " +
                     std::to_string(frames_) + " were read (" + where + ")");

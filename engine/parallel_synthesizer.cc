@@ -1,9 +1,671 @@
-// Placeholder until the parallel engine lands (issue 3): refuses clearly.
+// The parallel engine: the serial engine's steps as a oneTBB flow graph, with
+// io_uring writes and the base clone overlapped with decoding. Its output and
+// its errors (codes and context) are those of engine/serial_synthesizer.cc;
+// docs/performance.md ("Parallel engine") explains the design and its numbers.
+//
+//   tickets ──┐
+//             ├─ join (reserving) ─ read ─ sequencer ─ validate ─ reconstruct ─ writer
+//   free slots┘       serial, blocking    (by frame)   serial      N threads    serial
+//        ^                                              │   ^                    │
+//        │                                   parked ────┘   └── SELF_COPY ready ─┤
+//        └──────────────────── slot back when all its writes completed ──────────┘
+//
+// - A FrameSlot is the token: it owns every buffer a frame needs (stored bytes,
+//   DELTA prefix, decoded payload, reconstructed blocks), so the number of slots
+//   bounds memory (SynthesizeOptions::memory_budget / kSlotWorstCaseBytes) and
+//   buffers are reused instead of reallocated.
+// - read: the only node that touches the ByteSource (blocking reads, serial).
+// - validate: decodes the op table and runs the OpValidator in stream order (a
+//   sequencer in front guarantees that order), then resolves SELF_COPY
+//   dependencies (SelfCopyTracker below): a frame whose sources were produced by
+//   frames whose writes are still in flight is parked until they complete.
+// - reconstruct: DELTA prefix and BASE_COPY read from the base (pread),
+//   zstd decode, SELF_COPY read back from the output, XXH3 verification of every
+//   block, and coalescing of adjacent blocks into write runs. Parallel.
+// - writer: waits once for the clone, then hands runs to an io::WriteQueue; the
+//   completion callback returns the slot, releases parked frames and reports
+//   progress. It drains the queue whenever it has nothing else queued, so
+//   completions never stall behind a source that is waiting for input.
+//
+// The arena has threads + 2 slots: the reader and the writer mostly block (input,
+// kernel), so they must not take decoding threads away.
+#include <sys/types.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <exception>
+#include <future>
+#include <limits>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <tuple>
+#include <unordered_map>
+#include <vector>
+
+#include <tbb/enumerable_thread_specific.h>
+#include <tbb/flow_graph.h>
+#include <tbb/global_control.h>
+#include <tbb/info.h>
+#include <tbb/task_arena.h>
+
+#include "codec/frame_codec.h"
 #include "common/error.h"
+#include "engine/cancel.h"
+#include "engine/launch_output.h"
+#include "engine/op_validator.h"
+#include "engine/overlay_reader.h"
 #include "engine/synthesis.h"
+#include "io/write_queue.h"
 
 namespace vmsynth {
-SynthesizeStats synthesize_parallel(io::ByteSource&, const SynthesizeOptions&) {
-  throw Error(ErrorCode::kUnsupported, "the parallel engine is not available in this build; use --engine serial");
+
+using format::BlockAddress;
+using format::BlockOp;
+using format::kBlockSize;
+using format::OpKind;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+// Worst-case bytes one blocks frame holds while in flight: stored table and
+// payload (<= 4 MiB + zstd overhead + table) and decoded content (one 4 KiB
+// block per op, <= 4 MiB). Each decoding thread also keeps a DELTA prefix
+// buffer (<= 4 MiB). File frames (opaque files up to 64 MiB) are rare and may
+// exceed it.
+constexpr uint64_t kSlotWorstCaseBytes = 9ull << 20;
+// Slots in flight: memory_budget / kSlotWorstCaseBytes, clamped to this range.
+constexpr uint64_t kMinSlots = 2;
+constexpr uint64_t kMaxSlots = 256;
+// ...and to at most kSlotsPerThread per decoding thread plus kExtraSlots.
+constexpr uint64_t kSlotsPerThread = 3;
+constexpr uint64_t kExtraSlots = 4;
+// A slot buffer that grew beyond this (a big opaque file) is freed after use.
+constexpr size_t kKeepBufferBytes = 8u << 20;
+
+// One coalesced write: adjacent target blocks whose contents are adjacent in
+// one of the slot's buffers.
+struct WriteRun {
+  unsigned image = 0;
+  uint64_t first_block = 0;
+  uint64_t blocks = 0;
+  const std::byte* data = nullptr;
+};
+
+struct FrameSlot {
+  unsigned id = 0;
+  uint64_t seq = 0;         // frame index in the stream
+  uint64_t end_offset = 0;  // stream offset just after the frame
+  RawFrame frame;
+  std::vector<BlockOp> ops;
+  // Decoded payload (DELTA and LITERAL blocks, in op order), then one block
+  // per other op: at most op_count x 4 KiB together.
+  std::vector<std::byte> content;
+  std::vector<WriteRun> runs;
+  unsigned deps_pending = 0;    // guarded by SelfCopyTracker's mutex
+  unsigned writes_pending = 0;  // writer only
+  // Hand-over fence between nodes. oneTBB's scheduler (not instrumented for
+  // ThreadSanitizer in distribution builds) already orders a message's
+  // producer before its consumer; this release/acquire pair states that
+  // ownership transfer explicitly, for one atomic operation per stage.
+  std::atomic<uint64_t> handoff{0};
+
+  void publish() { handoff.fetch_add(1, std::memory_order_release); }
+  void acquire() { (void)handoff.load(std::memory_order_acquire); }
+  std::string where() const { return frame.where(); }
+
+  void recycle() {
+    for (auto* v : {&frame.body, &content}) {
+      if (v->capacity() > kKeepBufferBytes) std::vector<std::byte>().swap(*v);
+    }
+    ops.clear();
+    runs.clear();
+  }
+};
+
+// Makes the ordering oneTBB guarantees visible to ThreadSanitizer, which
+// cannot see it inside a distribution (uninstrumented) libtbb: graph
+// construction before the first task, successive bodies of a serial node, and
+// every body before wait_for_all() returns. Each node body starts and ends
+// with one read-modify-write of this counter, before it touches anything else
+// (even its own captures); bodies that really overlap stay unordered, so real
+// races are still reported. It carries no information, so it is one
+// process-wide atomic rather than per synthesis. Cost: two atomic operations
+// per node visit.
+std::atomic<uint64_t> g_body_fence{0};
+
+// Brackets a node body (or the graph's setup and teardown on the main thread).
+class FencedBody {
+ public:
+  FencedBody() { g_body_fence.fetch_add(1, std::memory_order_acq_rel); }
+  ~FencedBody() { g_body_fence.fetch_add(1, std::memory_order_acq_rel); }
+  FencedBody(const FencedBody&) = delete;
+  FencedBody& operator=(const FencedBody&) = delete;
+};
+
+// SELF_COPY dependencies. The validator guarantees every SELF_COPY source was
+// produced by a strictly earlier frame; the source can be read from the output
+// once that frame's writes have completed. The tracker maps each target block
+// of the frames still in flight to its frame (a block absent from the map was
+// produced by a frame whose writes are done, or not at all), and keeps, per
+// in-flight frame, the parked frames waiting for it. Memory: one map entry per
+// op of a frame in flight, so at most slots x 1024 entries (~100 bytes each)
+// whatever the image or overlay size.
+class SelfCopyTracker {
+ public:
+  // In stream order (the validate node). Records `s`'s targets and counts the
+  // in-flight frames it must wait for. Returns true if it can run now.
+  bool admit(FrameSlot& s) {
+    std::lock_guard lock(mu_);
+    unsigned deps = 0;
+    for (const BlockOp& op : s.ops) {
+      if (op.kind != OpKind::kSelfCopy) continue;
+      auto it = producer_.find(key(op.source));
+      if (it == producer_.end()) continue;
+      std::vector<FrameSlot*>& w = waiters_[it->second];
+      if (w.empty() || w.back() != &s) {
+        w.push_back(&s);
+        ++deps;
+      }
+    }
+    for (const BlockOp& op : s.ops) producer_[key(op.target)] = s.seq;
+    s.deps_pending = deps;
+    if (deps > 0) parked_.fetch_add(1, std::memory_order_relaxed);
+    return deps == 0;
+  }
+
+  // Once every write of `s` has completed: forgets its targets and appends to
+  // `ready` the parked frames that no longer wait for anything.
+  void complete(const FrameSlot& s, std::vector<FrameSlot*>& ready) {
+    std::lock_guard lock(mu_);
+    for (const BlockOp& op : s.ops) {
+      auto it = producer_.find(key(op.target));
+      if (it != producer_.end() && it->second == s.seq) producer_.erase(it);
+    }
+    auto w = waiters_.find(s.seq);
+    if (w == waiters_.end()) return;
+    for (FrameSlot* f : w->second) {
+      if (--f->deps_pending == 0) {
+        ready.push_back(f);
+        parked_.fetch_sub(1, std::memory_order_relaxed);
+      }
+    }
+    waiters_.erase(w);
+  }
+
+  size_t parked() const { return parked_.load(std::memory_order_relaxed); }
+
+ private:
+  static uint64_t key(BlockAddress a) { return (uint64_t{a.image} << 63) | a.block; }
+
+  std::mutex mu_;
+  std::unordered_map<uint64_t, uint64_t> producer_;              // block -> frame in flight
+  std::unordered_map<uint64_t, std::vector<FrameSlot*>> waiters_;  // frame -> parked frames
+  std::atomic<size_t> parked_{0};
+};
+
+// The first error by stream position: when several nodes fail before the graph
+// stops, the one of the earliest frame is reported, as the serial engine would.
+class FirstError {
+ public:
+  // position: 0 for failures before any frame (the clone), else frame + 1.
+  void record(std::exception_ptr e, uint64_t position) {
+    std::lock_guard lock(mu_);
+    if (!error_ || position < position_) {
+      error_ = std::move(e);
+      position_ = position;
+    }
+    failed_.store(true, std::memory_order_release);
+  }
+  bool failed() const { return failed_.load(std::memory_order_acquire); }
+  std::exception_ptr get() {
+    std::lock_guard lock(mu_);
+    return error_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::exception_ptr error_;
+  uint64_t position_ = std::numeric_limits<uint64_t>::max();
+  std::atomic<bool> failed_{false};
+};
+
+// Captures the current exception, with the frame's context added to a vmsynth::Error.
+std::exception_ptr current_with(const std::string& where) {
+  try {
+    throw;
+  } catch (Error& e) {
+    if (!where.empty()) e.with(where);
+    return std::current_exception();
+  } catch (const std::bad_alloc&) {
+    Error e(ErrorCode::kIo, "out of memory");
+    if (!where.empty()) e.with(where);
+    return std::make_exception_ptr(e);
+  } catch (...) {
+    return std::current_exception();
+  }
 }
+
+class ParallelSynthesis {
+ public:
+  ParallelSynthesis(const SynthesizeOptions& opts, OverlayReader& reader, LaunchOutput& out, const std::array<io::File, format::kImageCount>& base,
+                    std::shared_future<void> clone_done, unsigned threads, unsigned slot_count, SynthesizeStats& st)
+      : opts_(opts),
+        reader_(reader),
+        out_(out),
+        base_(base),
+        clone_done_(std::move(clone_done)),
+        threads_(threads),
+        validator_(reader.header()),
+        table_codec_(reader.keys()), codecs_([&reader] { return codec::FrameCodec(reader.keys()); }),
+        st_(st) {
+    slots_.reserve(slot_count);
+    for (unsigned i = 0; i < slot_count; ++i) {
+      slots_.push_back(std::make_unique<FrameSlot>());
+      slots_.back()->id = i;
+    }
+  }
+
+  ~ParallelSynthesis() {
+    // The kernel may still read slot buffers: stop the queue before they go.
+    queue_.reset();
+  }
+
+  // Runs the graph to the end of the stream or the first error; throws it.
+  void run() {
+    // oneTBB caps its worker pool at the core count by default; the reader and
+    // the writer spend most of their time blocked, so allow two more threads.
+    tbb::global_control workers(tbb::global_control::max_allowed_parallelism, threads_ + 2);
+    tbb::task_arena arena(static_cast<int>(threads_ + 2));
+    arena.execute([&] { run_graph(); });
+    if (!errors_.failed()) {
+      // Completions reaped here only finish bookkeeping: no frame is parked
+      // once the graph is idle (the writer drained before going idle).
+      start_writing();
+      queue_->drain();
+      if (frames_done_ != frames_read_) {
+        throw Error(ErrorCode::kCorrupt, "internal error: " + std::to_string(frames_read_ - frames_done_) +
+                                             " frames were not applied");
+      }
+    }
+    if (cancel_requested()) throw_if_cancelled();
+    if (auto e = errors_.get()) std::rethrow_exception(e);
+    st_.write_backend = std::string(queue_->backend());
+    if (!opts_.force_pwrite) st_.write_fallback = std::string(queue_->fallback_reason());
+  }
+
+ private:
+  using Ticket = uint64_t;
+  using ReadInput = std::tuple<Ticket, FrameSlot*>;
+  using ReadNode = tbb::flow::multifunction_node<ReadInput, std::tuple<FrameSlot*>>;
+  using ValidateNode = tbb::flow::multifunction_node<FrameSlot*, std::tuple<FrameSlot*>>;
+  using ReconstructNode = tbb::flow::multifunction_node<FrameSlot*, std::tuple<FrameSlot*>>;
+  using WriterNode = tbb::flow::function_node<FrameSlot*, tbb::flow::continue_msg>;
+
+  void run_graph() {
+    tbb::flow::graph g;
+    graph_ = &g;
+    tbb::flow::input_node<Ticket> tickets(g, [this, next = Ticket{0}](tbb::flow_control& fc) mutable -> Ticket {
+      FencedBody fenced;
+      if (stop_reading_.load(std::memory_order_acquire)) fc.stop();
+      return next++;
+    });
+    tbb::flow::buffer_node<FrameSlot*> free_slots(g);
+    tbb::flow::join_node<ReadInput, tbb::flow::reserving> join(g);
+    ReadNode read(g, tbb::flow::serial, [this](const ReadInput& in, ReadNode::output_ports_type& p) {
+      FencedBody fenced;
+      read_frame(std::get<1>(in), p);
+    });
+    tbb::flow::sequencer_node<FrameSlot*> in_order(g, [](FrameSlot* s) { return static_cast<size_t>(s->seq); });
+    ValidateNode validate(g, tbb::flow::serial, [this](FrameSlot* s, ValidateNode::output_ports_type& p) {
+      FencedBody fenced;
+      validate_frame(*s, p);
+    });
+    ReconstructNode reconstruct(g, threads_, [this](FrameSlot* s, ReconstructNode::output_ports_type& p) {
+      FencedBody fenced;
+      reconstruct_frame(*s, p);
+    });
+    WriterNode writer(g, tbb::flow::serial, [this](FrameSlot* s) {
+      FencedBody fenced;
+      write_frame(*s);
+      return tbb::flow::continue_msg();
+    });
+    tbb::flow::make_edge(tickets, tbb::flow::input_port<0>(join));
+    tbb::flow::make_edge(free_slots, tbb::flow::input_port<1>(join));
+    tbb::flow::make_edge(join, read);
+    tbb::flow::make_edge(tbb::flow::output_port<0>(read), in_order);
+    tbb::flow::make_edge(in_order, validate);
+    tbb::flow::make_edge(tbb::flow::output_port<0>(validate), reconstruct);
+    tbb::flow::make_edge(tbb::flow::output_port<0>(reconstruct), writer);
+    free_slots_ = &free_slots;
+    reconstruct_ = &reconstruct;
+
+    {
+      FencedBody fenced;
+      for (auto& s : slots_) free_slots.try_put(s.get());
+      tickets.activate();
+    }
+    g.wait_for_all();
+    FencedBody after_graph;
+    free_slots_ = nullptr;
+    reconstruct_ = nullptr;
+    graph_ = nullptr;
+  }
+
+  void fail(std::exception_ptr e, uint64_t position) {
+    errors_.record(std::move(e), position);
+    stop_reading_.store(true, std::memory_order_release);
+    if (graph_ != nullptr) graph_->cancel();
+  }
+
+  // ---- read (serial; the only node that reads the source) -----------------
+  void read_frame(FrameSlot* s, ReadNode::output_ports_type& p) {
+    if (stop_reading_.load(std::memory_order_acquire) || errors_.failed()) return;
+    try {
+      throw_if_cancelled();
+      if (!reader_.next(s->frame)) {
+        stop_reading_.store(true, std::memory_order_release);
+        return;
+      }
+    } catch (...) {
+      fail(current_with(""), reader_.frames_read() + 1);
+      return;
+    }
+    s->seq = s->frame.header.index;
+    s->end_offset = reader_.bytes_read();
+    frames_read_.fetch_add(1, std::memory_order_relaxed);
+    s->publish();
+    std::get<0>(p).try_put(s);
+  }
+
+  // ---- validate (serial, stream order) ------------------------------------
+  void validate_frame(FrameSlot& s, ValidateNode::output_ports_type& p) {
+    s.acquire();
+    if (errors_.failed()) return;
+    try {
+      const format::FrameHeader& h = s.frame.header;
+      if (h.type == format::FrameType::kFile) {
+        s.ops.clear();
+        validator_.check_file(table_codec_.decode_file_table(h, s.frame.table()).id);
+      } else {
+        s.ops = table_codec_.decode_blocks_table(h, s.frame.table());
+        validator_.check_blocks_frame(s.ops);
+      }
+    } catch (...) {
+      fail(current_with(s.where()), s.seq + 1);
+      return;
+    }
+    s.publish();
+    if (tracker_.admit(s)) std::get<0>(p).try_put(&s);
+  }
+
+  // ---- reconstruct (parallel) ---------------------------------------------
+  void reconstruct_frame(FrameSlot& s, ReconstructNode::output_ports_type& p) {
+    s.acquire();
+    if (errors_.failed()) return;
+    try {
+      codec::FrameCodec& codec = codecs_.local();
+      const format::FrameHeader& h = s.frame.header;
+      if (h.type == format::FrameType::kFile) {
+        out_.apply_file_frame(codec, h, s.frame.table(), s.frame.payload());
+      } else {
+        rebuild_blocks(s, codec);
+      }
+    } catch (...) {
+      fail(current_with(s.where()), s.seq + 1);
+      return;
+    }
+    to_writer_.fetch_add(1, std::memory_order_acq_rel);
+    s.publish();
+    std::get<0>(p).try_put(&s);
+  }
+
+  void rebuild_blocks(FrameSlot& s, codec::FrameCodec& codec) {
+    const format::FrameHeader& h = s.frame.header;
+    // pread, not a mapping: pages of a mapped base would count in the resident
+    // set and grow it with the image size. Past the base's end reads zeros.
+    auto base_block = [&](BlockAddress a, std::byte* dst) {
+      size_t n = base_[a.image].pread_some(std::span(dst, kBlockSize), a.block * kBlockSize);
+      std::memset(dst + n, 0, kBlockSize - n);
+    };
+    size_t payload_ops = 0, delta_ops = 0;
+    for (const BlockOp& op : s.ops) {
+      payload_ops += op.kind == OpKind::kDelta || op.kind == OpKind::kLiteral;
+      delta_ops += op.kind == OpKind::kDelta;
+    }
+    // The DELTA prefix is only needed while decoding: one buffer per thread.
+    std::vector<std::byte>& prefix = prefixes_.local();
+    prefix.resize(delta_ops * kBlockSize);
+    size_t at = 0;
+    for (const BlockOp& op : s.ops) {
+      if (op.kind != OpKind::kDelta) continue;
+      base_block(op.target, prefix.data() + at);
+      at += kBlockSize;
+    }
+    s.content.resize(s.ops.size() * kBlockSize);
+    codec.decode_payload(h, s.frame.payload(), prefix, std::span(s.content).first(h.payload_raw));
+    std::byte* const payload = s.content.data();
+    std::byte* const blocks = s.content.data() + h.payload_raw;
+
+    size_t payload_at = 0, blocks_at = 0;
+    s.runs.clear();
+    for (const BlockOp& op : s.ops) {
+      std::byte* content = nullptr;
+      switch (op.kind) {
+        case OpKind::kZero:
+          content = blocks + blocks_at;
+          std::memset(content, 0, kBlockSize);
+          blocks_at += kBlockSize;
+          break;
+        case OpKind::kBaseCopy:
+          content = blocks + blocks_at;
+          base_block(op.source, content);
+          blocks_at += kBlockSize;
+          break;
+        case OpKind::kSelfCopy:
+          content = blocks + blocks_at;
+          // The source's frame has completed its writes (SelfCopyTracker).
+          out_.read_block(op.source, std::span(content, kBlockSize));
+          blocks_at += kBlockSize;
+          break;
+        case OpKind::kDelta:
+        case OpKind::kLiteral:
+          content = payload + payload_at;
+          payload_at += kBlockSize;
+          break;
+      }
+      if (hash128(std::span<const std::byte>(content, kBlockSize)) != op.hash) throw_hash_mismatch(op);
+      if (!s.runs.empty()) {
+        WriteRun& r = s.runs.back();
+        if (r.image == op.target.image && r.first_block + r.blocks == op.target.block &&
+            r.data + r.blocks * kBlockSize == content) {
+          ++r.blocks;
+          continue;
+        }
+      }
+      s.runs.push_back({op.target.image, op.target.block, 1, content});
+    }
+  }
+
+  // ---- writer (serial) ----------------------------------------------------
+  // Waits for the clone (once) and opens the write queue over its images.
+  void start_writing() {
+    if (queue_) return;
+    clone_done_.get();  // rethrows a clone failure
+    io::WriteQueueOptions qo;
+    qo.queue_depth = opts_.queue_depth;
+    qo.force_pwrite = opts_.force_pwrite;
+    std::vector<int> fds;
+    std::vector<std::string> names;
+    for (unsigned i = 0; i < format::kImageCount; ++i) {
+      fds.push_back(out_.image(i).fd());
+      names.push_back(out_.image(i).path());
+    }
+    queue_ = io::WriteQueue::open(std::move(fds), qo, [this](uint64_t tag) { write_completed(tag); },
+                                  std::move(names));
+  }
+
+  void write_frame(FrameSlot& s) {
+    s.acquire();
+    to_writer_.fetch_sub(1, std::memory_order_acq_rel);
+    if (errors_.failed()) return;
+    try {
+      try {
+        start_writing();
+      } catch (...) {
+        fail(current_with(""), 0);  // a clone failure comes before every frame
+        return;
+      }
+      s.writes_pending = static_cast<unsigned>(s.runs.size()) + 1;  // +1: until every run is queued
+      for (const WriteRun& r : s.runs) {
+        const uint64_t offset = r.first_block * kBlockSize;
+        const uint64_t size = std::min(r.blocks * kBlockSize, out_.image_size(r.image) - offset);
+        queue_->write(r.image, offset, std::span(r.data, static_cast<size_t>(size)), s.id);
+      }
+      write_completed(s.id);
+      // Nothing else queued for the writer (or a frame waits for writes):
+      // wait for the kernel now rather than leave completions unreaped.
+      if (to_writer_.load(std::memory_order_acquire) == 0 || tracker_.parked() > 0) {
+        queue_->drain();
+      } else {
+        queue_->submit();
+      }
+    } catch (...) {
+      fail(current_with(s.where()), s.seq + 1);
+    }
+  }
+
+  // From the queue's completion callback (writer thread, or the main thread in
+  // the final drain) and for the writer's own +1. Must not throw.
+  void write_completed(uint64_t tag) noexcept {
+    FrameSlot& s = *slots_[tag];
+    if (--s.writes_pending > 0) return;
+    try {
+      frame_done(s);
+    } catch (...) {
+      fail(current_with(s.where()), s.seq + 1);
+    }
+  }
+
+  void frame_done(FrameSlot& s) {
+    ready_.clear();
+    tracker_.complete(s, ready_);
+    if (s.frame.header.type == format::FrameType::kBlocks) {
+      for (const BlockOp& op : s.ops) ++st_.kind_count[static_cast<unsigned>(op.kind)];
+      st_.blocks_written += s.ops.size();
+      ++st_.frames;
+    }
+    ++frames_done_;
+    progress_ = std::max(progress_, s.end_offset);
+    if (opts_.progress) opts_.progress(progress_, opts_.source_size);
+    s.recycle();
+    if (graph_ == nullptr) return;  // final drain: the graph is gone
+    for (FrameSlot* r : ready_) {
+      r->publish();
+      reconstruct_->try_put(r);
+    }
+    s.publish();
+    free_slots_->try_put(&s);
+  }
+
+  const SynthesizeOptions& opts_;
+  OverlayReader& reader_;
+  LaunchOutput& out_;
+  const std::array<io::File, format::kImageCount>& base_;
+  std::shared_future<void> clone_done_;
+  const unsigned threads_;
+
+  OpValidator validator_;      // validate node only
+  codec::FrameCodec table_codec_;  // validate node only
+  tbb::enumerable_thread_specific<codec::FrameCodec> codecs_;  // reconstruct node
+  tbb::enumerable_thread_specific<std::vector<std::byte>> prefixes_;  // reconstruct node
+  SelfCopyTracker tracker_;
+  FirstError errors_;
+  std::atomic<bool> stop_reading_{false};
+  std::atomic<uint64_t> to_writer_{0};  // frames reconstructed, not yet taken by the writer
+  std::atomic<uint64_t> frames_read_{0};
+
+  std::vector<std::unique_ptr<FrameSlot>> slots_;
+  // Writer state (the writer node, then the main thread after the graph).
+  std::unique_ptr<io::WriteQueue> queue_;
+  std::vector<FrameSlot*> ready_;
+  uint64_t frames_done_ = 0;
+  uint64_t progress_ = 0;
+  SynthesizeStats& st_;
+
+  tbb::flow::graph* graph_ = nullptr;
+  tbb::flow::buffer_node<FrameSlot*>* free_slots_ = nullptr;
+  ReconstructNode* reconstruct_ = nullptr;
+};
+
+}  // namespace
+
+SynthesizeStats synthesize_parallel(io::ByteSource& src, const SynthesizeOptions& opts) {
+  const auto t0 = Clock::now();
+  if (opts.memory_budget < (16u << 20)) {
+    throw Error(ErrorCode::kUsage, "memory budget " + std::to_string(opts.memory_budget) +
+                                       " bytes is too small; use at least 16 MiB");
+  }
+  SynthesizeStats st;
+  st.engine = "parallel";
+  OverlayReader reader(src, opts.key);
+  const format::FileHeader& h = reader.header();
+  const VmDir base{opts.base_dir};
+
+  auto t = Clock::now();
+  st.base_id = check_base(base, h, opts.use_base_id_cache);
+  st.seconds_base_id = since(t);
+
+  const unsigned threads =
+      opts.threads == 0 ? static_cast<unsigned>(std::max(1, tbb::info::default_concurrency())) : opts.threads;
+  // More slots than the stages can use only cost memory: a few per decoding
+  // thread cover the reader's lead, the writer's queue and parked frames.
+  const auto slot_count = static_cast<unsigned>(std::clamp<uint64_t>(
+      std::min<uint64_t>(opts.memory_budget / kSlotWorstCaseBytes, kSlotsPerThread * threads + kExtraSlots), kMinSlots,
+      kMaxSlots));
+  st.threads = threads;
+
+  LaunchOutput out(base, h, opts.out_dir, opts.force);
+  std::array<io::File, format::kImageCount> base_images;
+  for (ImageKind k : kImageKinds) base_images[static_cast<unsigned>(k)] = io::File::open_read(base.image(k));
+
+  // The clone runs beside the graph: frames are read, validated and decoded
+  // meanwhile; the writer waits for it before its first write. The thread is
+  // declared after `out`, so on every path (errors included) it is joined
+  // before the staging directory is removed.
+  std::promise<void> clone_promise;
+  std::shared_future<void> clone_done = clone_promise.get_future().share();
+  std::jthread clone_thread([&] {
+    const auto tc = Clock::now();
+    try {
+      st.clone_method = out.clone_images(opts.clone);
+      st.seconds_clone = since(tc);
+      clone_promise.set_value();
+    } catch (...) {
+      clone_promise.set_exception(std::current_exception());
+    }
+  });
+  t = Clock::now();
+  {
+    ParallelSynthesis run(opts, reader, out, base_images, clone_done, threads, slot_count, st);
+    run.run();
+  }
+  st.overlay_bytes = reader.bytes_read();
+  st.seconds_apply = since(t);
+  clone_thread.join();
+
+  t = Clock::now();
+  out.commit();
+  st.seconds_sync = since(t);
+  for (unsigned i = 0; i < format::kImageCount; ++i) st.launch_size[i] = h.launch_size[i];
+  st.seconds_total = since(t0);
+  return st;
+}
+
 }  // namespace vmsynth

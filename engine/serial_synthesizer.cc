@@ -7,6 +7,7 @@
 
 #include "codec/frame_codec.h"
 #include "common/error.h"
+#include "engine/cancel.h"
 #include "engine/launch_output.h"
 #include "engine/op_validator.h"
 #include "engine/overlay_reader.h"
@@ -28,7 +29,7 @@ SynthesizeStats synthesize_serial(io::ByteSource& src, const SynthesizeOptions& 
   SynthesizeStats st;
   st.engine = "serial";
   st.write_backend = "pwrite";
-  OverlayReader reader(src);
+  OverlayReader reader(src, opts.key);
   const format::FileHeader& h = reader.header();
   const VmDir base{opts.base_dir};
 
@@ -50,13 +51,14 @@ SynthesizeStats synthesize_serial(io::ByteSource& src, const SynthesizeOptions& 
   };
 
   OpValidator validator(h);
-  codec::FrameCodec codec;
+  codec::FrameCodec codec(reader.keys());
   RawFrame frame;
   std::vector<std::byte> prefix, payload;
   std::array<std::byte, kBlockSize> block;
   static const std::array<std::byte, kBlockSize> kZeros{};
   while (reader.next(frame)) {
     try {
+      throw_if_cancelled();  // SIGINT (engine/cancel.h), polled once per frame
       if (frame.header.type == format::FrameType::kFile) {
         format::FileRecord rec = codec.decode_file_table(frame.header, frame.table());
         validator.check_file(rec.id);

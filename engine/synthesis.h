@@ -5,8 +5,9 @@
 // benchmark baseline. The parallel engine (engine/parallel_synthesizer.cc)
 // runs the same steps as a oneTBB flow graph with io_uring writes.
 //
-// Both follow one contract: the overlay header is read and the base VM's id
-// checked before anything is written; the output is built in a staging
+// Both follow one contract: the overlay header is read, an encrypted
+// overlay's key checked (kWrongKey) and the base VM's id checked before
+// anything is written; the output is built in a staging
 // directory beside --out and renamed into place only after every block and
 // file has been verified and synced; on any error the staging directory is
 // removed and nothing is left at --out. The base is opened read-only.
@@ -17,6 +18,7 @@
 #include <string>
 
 #include "codec/block_hash.h"
+#include "codec/crypto.h"
 #include "codec/overlay_format.h"
 #include "engine/progress.h"
 #include "io/byte_source.h"
@@ -39,6 +41,9 @@ struct SynthesizeOptions {
   bool use_base_id_cache = true;
   ProgressFn progress;  // overlay bytes consumed (total = source size, or 0 if unknown)
   uint64_t source_size = 0;  // for progress; 0 = unknown
+  // Key of an encrypted overlay (none: the overlay must not be encrypted; a
+  // key given for an unencrypted overlay is refused with kWrongKey).
+  codec::KeySpec key;
 };
 
 struct SynthesizeStats {

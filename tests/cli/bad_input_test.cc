@@ -152,6 +152,7 @@ TEST_F(BadInput, WrongBaseOfTheSameSize) {
 TEST_F(BadInput, UnknownVersion) {
   Bytes bad = good_;
   bad[8] = std::byte{2};  // major version 2
+  bad[10] = std::byte{0};  // minor 0, whatever minor version the creator writes
   std::string err = expect_failure(bad, 7, "version 2.0 is not supported");
 }
 

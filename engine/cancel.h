@@ -1,0 +1,28 @@
+// Cancellation of long-running engine work (synthesis) from outside, e.g. by
+// a SIGINT handler in the command line tool.
+//
+// One process-wide flag: request_cancel() sets it and is async-signal-safe (a
+// lock-free atomic store, nothing else), so a signal handler may call it. Both
+// synthesis engines poll it once per frame and stop with
+// vmsynth::Error(kInterrupted); their usual error path then removes the
+// staging directory. The flag is sticky: it stays set until clear_cancel(), so
+// a signal that arrives before an engine starts is not lost (tests and
+// long-lived callers that run several syntheses clear it themselves).
+//
+// This is deliberately the one global of the engine: a signal handler cannot
+// reach anything else. Thread safety: every function may be called from any
+// thread at any time.
+#pragma once
+
+namespace vmsynth {
+
+// Asks running and future engine work to stop. Async-signal-safe.
+void request_cancel() noexcept;
+// True once request_cancel() was called and clear_cancel() has not been since.
+bool cancel_requested() noexcept;
+// Resets the flag.
+void clear_cancel() noexcept;
+// Throws Error(kInterrupted) if cancellation was requested.
+void throw_if_cancelled();
+
+}  // namespace vmsynth
