@@ -1,0 +1,230 @@
+#!/usr/bin/python3
+"""Renders PNG plots from a bench/run result (perf-data/e2e-<date>.json).
+
+  e2e-<date>-overlay-size.png     overlay size, vmsynth vs peers, per pair
+  e2e-<date>-synthesis-time.png   synthesis time (median), vmsynth vs peers, per pair
+  e2e-<date>-threads.png          vmsynth parallel speedup over serial vs threads
+  e2e-<date>-stages.png           per-stage time of vmsynth create and synthesize (--json)
+  e2e-<date>-time-to-vm.png       time until the launch VM is ready vs link speed
+
+Usage: bench/plot.py perf-data/e2e-DATE.json [--out-dir perf-data]
+Bars of a contender that refused or timed out are absent and labelled.
+"""
+import argparse
+import json
+import math
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+PEERS = ["vmsynth-default", "vmsynth-max", "elijah", "zstd", "casync"]
+COLORS = {"vmsynth-default": "#1f77b4", "vmsynth-max": "#6baed6", "vmsynth": "#1f77b4", "elijah": "#d62728",
+          "zstd": "#2ca02c", "casync": "#9467bd", "floor": "#7f7f7f", "vmsynth-serial": "#17becf"}
+
+
+def grouped_bars(ax, pairs, names, value, label_missing):
+    width = 0.8 / len(names)
+    for j, n in enumerate(names):
+        for i, p in enumerate(pairs):
+            v = value(p, n)
+            x = i + (j - (len(names) - 1) / 2) * width
+            if v is None or (isinstance(v, float) and math.isnan(v)):
+                ax.text(x, 0, label_missing(p, n), rotation=90, ha="center", va="bottom", fontsize=7)
+                continue
+            ax.bar(x, v, width, color=COLORS.get(n, None), label=n if i == 0 else None)
+            ax.text(x, v, f"{v:.3g}", ha="center", va="bottom", fontsize=6)
+    ax.set_xticks(range(len(pairs)))
+    ax.set_xticklabels(pairs, fontsize=8)
+    handles, labels = ax.get_legend_handles_labels()
+    seen = dict(zip(labels, handles))
+    ax.legend(seen.values(), seen.keys(), fontsize=7)
+
+
+def missing(section):
+    def f(p, n):
+        c = section(p).get(n, {})
+        if c.get("timed_out"):
+            return "timed out"
+        if c.get("refused"):
+            return "refused"
+        return "n/a"
+    return f
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("result")
+    ap.add_argument("--out-dir", default=None)
+    ap.add_argument("--markdown", action="store_true", help="print the tables of docs/performance.md instead")
+    ap.add_argument("--merge", nargs="*", default=[],
+                    help="supplementary bench/run results (e.g. peers re-run without --timeout): their peer "
+                         "entries replace the main file's for the same pair, marked supplementary")
+    a = ap.parse_args()
+    r = json.load(open(a.result))
+    for f in a.merge:
+        m = json.load(open(f))
+        for name, mp in m["pairs"].items():
+            p = r["pairs"].get(name)
+            if not p or "create" not in p or "create" not in mp:
+                continue
+            for sec in ("create", "synthesize"):
+                for n, c in mp[sec].items():
+                    if not n.startswith("vmsynth") and n != "floor":
+                        p[sec][n] = dict(c, supplementary=os.path.basename(f))
+            for link, l in mp["stream"]["links"].items():
+                for n, c in l.items():
+                    if n != "vmsynth":
+                        p["stream"]["links"][link][n] = dict(c, supplementary=os.path.basename(f))
+    if a.markdown:
+        return markdown(r)
+    out = a.out_dir or os.path.dirname(os.path.abspath(a.result))
+    stem = os.path.splitext(os.path.basename(a.result))[0]
+    P = {k: v for k, v in r["pairs"].items() if "create" in v}
+    pairs = list(P)
+
+    def save(fig, name):
+        fig.tight_layout()
+        path = os.path.join(out, f"{stem}-{name}.png")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        print(path)
+
+    # Overlay size.
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    grouped_bars(ax, pairs, PEERS,
+                 lambda p, n: (P[p]["create"].get(n, {}).get("size_bytes") or float("nan")) / 1e6,
+                 missing(lambda p: P[p]["create"]))
+    ax.set_ylabel("overlay / what must travel (MB)")
+    ax.set_title("Overlay size (smaller is better)")
+    save(fig, "overlay-size")
+
+    # Synthesis time.
+    names = sorted({n for p in pairs for n in P[p]["synthesize"]},
+                   key=lambda n: (0 if n.startswith("vmsynth") else 2 if n == "floor" else 1, n))
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    grouped_bars(ax, pairs, names,
+                 lambda p, n: P[p]["synthesize"].get(n, {}).get("median_seconds", float("nan")),
+                 missing(lambda p: P[p]["create"]))
+    ax.set_yscale("log")
+    ax.set_ylabel("seconds (median, log scale)")
+    ax.set_title("Synthesis time: base + overlay -> launch images, synced (lower is better)")
+    save(fig, "synthesis-time")
+
+    # Threads.
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for p in pairs:
+        s = P[p]["synthesize"]
+        serial = s["vmsynth-serial"]["median_seconds"]
+        ts = sorted(int(n.rsplit("-", 1)[1]) for n in s if n.startswith("vmsynth-parallel-"))
+        ax.plot(ts, [serial / s[f"vmsynth-parallel-{t}"]["median_seconds"] for t in ts], marker="o", label=p)
+    ax.axhline(1, color="grey", lw=0.5)
+    ax.set_xlabel("threads")
+    ax.set_ylabel("speedup over --engine serial")
+    ax.set_title(f"vmsynth parallel synthesis ({r['machine']['cores']} cores)")
+    ax.legend(fontsize=7)
+    save(fig, "threads")
+
+    # Stages (from the last run's --json).
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, (phase, contender) in zip(axes, (("create", "vmsynth-default"), ("synthesize", "vmsynth-parallel-%d" % r["config"]["threads"]))):
+        stages = []
+        for p in pairs:
+            runs = [x for x in P[p][phase][contender]["runs"] if "vmsynth_json" in x]
+            secs = runs[-1]["vmsynth_json"]["seconds"] if runs else {}
+            stages.append({k: v for k, v in secs.items() if k != "total"})
+        keys = sorted({k for s in stages for k in s})
+        bottom = [0.0] * len(pairs)
+        for k in keys:
+            vals = [s.get(k, 0.0) for s in stages]
+            ax.bar(range(len(pairs)), vals, 0.6, bottom=bottom, label=k)
+            bottom = [b + v for b, v in zip(bottom, vals)]
+        ax.set_xticks(range(len(pairs)))
+        ax.set_xticklabels(pairs, fontsize=7)
+        ax.set_ylabel("seconds")
+        ax.set_title(f"{contender} stages ({phase})")
+        ax.legend(fontsize=7)
+    save(fig, "stages")
+
+    # Time to running VM.
+    fig, axes = plt.subplots(1, len(pairs), figsize=(4.5 * len(pairs), 4), squeeze=False)
+    for ax, p in zip(axes[0], pairs):
+        links = P[p]["stream"]["links"]
+        speeds = sorted(int(m) for m in links)
+        for n in ["vmsynth", "elijah", "zstd", "casync"]:
+            pts = [(m, links[str(m)][n]) for m in speeds if n in links[str(m)]]
+            if not pts:
+                continue
+            ys = [x.get("median_seconds", x.get("seconds")) for _, x in pts]
+            ax.plot([m for m, _ in pts], ys, marker="o", color=COLORS[n], label=n)
+            for (m, x), y in zip(pts, ys):
+                if x.get("how", "").startswith("measured"):
+                    ax.plot([m], [y], marker="o", mfc="none", mec="black", ms=10)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xticks(speeds)
+        ax.set_xticklabels([str(m) for m in speeds])
+        ax.set_xlabel("link (Mbit/s)")
+        ax.set_ylabel("seconds until images ready")
+        ax.set_title(p, fontsize=9)
+        ax.legend(fontsize=7, title="circled = measured", title_fontsize=6)
+    save(fig, "time-to-vm")
+
+
+def fmt_s(c):
+    if c is None:
+        return "-"
+    if c.get("timed_out"):
+        return f"timed out (>{c['median_seconds']:.0f} s)"
+    if c.get("refused"):
+        return "refused"
+    reps = c.get("repetitions", len(c.get("seconds", [])))
+    cpu = c.get("median_cpu_seconds")
+    return (f"{c['median_seconds']:.2f}" + (f" ({cpu:.1f} cpu)" if cpu is not None else "") +
+            ("" if reps >= 3 else f" [n={reps}]") + (" †" if c.get("supplementary") else ""))
+
+
+def markdown(r):
+    for name, p in r["pairs"].items():
+        if "create" not in p:
+            print(f"### {name}: failed: {p.get('error')}\n")
+            continue
+        img = p["images"]
+        lb = sum(v["launch_bytes"] for v in img.values())
+        print(f"### {name} (launch images {lb / 2**20:.0f} MiB)\n")
+        print("| contender | overlay / what travels (MB) | create s, median (cpu s) | create peak RSS (MiB) |")
+        print("|---|---|---|---|")
+        for n, c in p["create"].items():
+            size = c.get("size_bytes")
+            note = "; ".join(c.get("refused", [])) if c.get("refused") else ""
+            print(f"| {n} | {size / 1e6:.1f}{' †' if c.get('supplementary') else ''} |" if size else f"| {n} | - ({note[:90]}) |", end="")
+            print(f" {fmt_s(c)} | {c['max_rss_kib'] / 1024:.0f} |")
+        print()
+        print("| synthesis | seconds, median (cpu s) | peak RSS (MiB) | output = launch |")
+        print("|---|---|---|---|")
+        for n, c in p["synthesize"].items():
+            print(f"| {n} | {fmt_s(c)} | {c['max_rss_kib'] / 1024:.0f} | {c.get('verified')} |")
+        print()
+        links = p["stream"]["links"]
+        names = sorted({n for l in links.values() for n in l}, key=lambda n: (n != "vmsynth", n))
+        print("| link | " + " | ".join(names) + " |")
+        print("|---|" + "---|" * len(names))
+        for m in sorted(links, key=int):
+            cells = []
+            for n in names:
+                x = links[m].get(n)
+                if not x:
+                    cells.append("-")
+                    continue
+                v = x.get("median_seconds", x.get("seconds"))
+                tag = "measured" if x["how"].startswith("measured") else "model"
+                extra = f", pipelined bound {x['pipelined_bound_seconds']:.1f}" if "pipelined_bound_seconds" in x else ""
+                cells.append(f"{v:.1f} ({tag}{extra})" + (" †" if x.get("supplementary") else ""))
+            print(f"| {m} Mbit/s | " + " | ".join(cells) + " |")
+        print()
+
+
+if __name__ == "__main__":
+    main()
