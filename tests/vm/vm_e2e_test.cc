@@ -16,6 +16,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <optional>
 #include <regex>
 #include <sstream>
@@ -230,6 +231,25 @@ TEST(VmEndToEnd, CaptureResumeOverlaySynthesizeResume) {
         << "the second process and the file written on disk must be there";
   }
   vmsynth_json({"vm", "stop", run});
+
+  // 5b. `synthesize --launch`: synthesis and resume in one command, the VM
+  //     running in the output directory itself.
+  const std::string synth_run = t / "sl";
+  reaper.watch(synth_run);
+  auto sl = vmsynth_json({"synthesize", "--base", base, "--overlay", vmo, "--out", synth_run, "--launch"});
+  ASSERT_TRUE(sl.contains("launch")) << sl.dump();
+  std::cout << "synthesize --launch: first overlay byte to running guest "
+            << sl["launch"].value("first_byte_to_running_ms", 0.0) << " ms (resume "
+            << sl["launch"].value("resume_ms", 0.0) << " ms, " << sl["launch"].value("accelerator", "") << ")\n";
+  EXPECT_GT(sl["launch"].value("first_byte_to_running_ms", 0.0), sl["launch"].value("resume_ms", 0.0));
+  ASSERT_TRUE(wait_for_line(synth_run + "/serial.log", "STATUS", seconds(60))) << read_text(synth_run + "/serial.log");
+  {
+    auto c = counters(synth_run + "/serial.log");
+    ASSERT_FALSE(c.empty());
+    EXPECT_EQ(c.front(), launch_counter + 1) << "synthesize --launch must continue the launch VM's counter";
+    EXPECT_FALSE(contains_line(synth_run + "/serial.log", "VMSYNTH-GUEST BOOT")) << "no boot messages again";
+  }
+  vmsynth_json({"vm", "stop", synth_run});
 
   // 6. Cluster case: two copy-on-write clones of the launch VM at once; such
   //    clones cannot be captured (exit code 7 = unsupported).
