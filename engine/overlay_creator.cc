@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <chrono>
 #include <cstring>
 #include <optional>
 #include <vector>
@@ -20,6 +19,7 @@
 #include "engine/base_id.h"
 #include "engine/block_index.h"
 #include "engine/image_view.h"
+#include "engine/stopwatch.h"
 #include "io/file.h"
 
 namespace vmsynth {
@@ -30,9 +30,6 @@ using format::kBlockSize;
 using format::OpKind;
 
 namespace {
-
-using Clock = std::chrono::steady_clock;
-double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
 constexpr uint64_t kClassifyChunkBlocks = 4096;  // 16 MiB of launch image per task
 constexpr int kTrialLevel = 1;                    // zstd level of the DELTA-vs-LITERAL trial
@@ -230,12 +227,12 @@ CreateStats create_overlay(const CreateOptions& opts) {
   }
 
   CreateStats st;
-  const auto t0 = Clock::now();
+  const Stopwatch total;
   tbb::task_arena arena(opts.threads == 0 ? tbb::task_arena::automatic : static_cast<int>(opts.threads));
 
-  auto t = Clock::now();
+  Stopwatch t;
   st.base_id = arena.execute([&] { return compute_base_id(base_dir); });
-  st.seconds_base_id = since(t);
+  st.seconds_base_id = t.seconds();
 
   ImageView base(base_dir), launch(launch_dir);
   format::FileHeader header;
@@ -245,20 +242,20 @@ CreateStats create_overlay(const CreateOptions& opts) {
     header.launch_size[i] = st.launch_size[i] = launch.size(i);
   }
 
-  t = Clock::now();
+  t.restart();
   BlockIndex index = arena.execute([&] { return build_base_index(base); });
-  st.seconds_index = since(t);
+  st.seconds_index = t.seconds();
 
-  t = Clock::now();
+  t.restart();
   std::vector<Changed> changed = arena.execute([&] { return classify(base, launch, index, opts.progress); });
   dedup_self(launch, changed);
   arena.execute([&] { choose_deltas(base, launch, changed); });
   std::vector<FramePlan> plans = plan_frames(changed);
   changed.clear();
   changed.shrink_to_fit();
-  st.seconds_classify = since(t);
+  st.seconds_classify = t.seconds();
 
-  t = Clock::now();
+  t.restart();
   for (const FramePlan& p : plans) header.max_frame_blocks = std::max<uint32_t>(header.max_frame_blocks, p.ops.size());
   const std::string tmp = opts.output + ".partial-" + std::to_string(::getpid());
   struct TempFile {
@@ -350,8 +347,8 @@ CreateStats create_overlay(const CreateOptions& opts) {
   if (::rename(tmp.c_str(), opts.output.c_str()) != 0) throw io_error("cannot rename overlay into place", opts.output, errno);
   guard.keep = true;
   st.overlay_bytes = offset;
-  st.seconds_encode = since(t);
-  st.seconds_total = since(t0);
+  st.seconds_encode = t.seconds();
+  st.seconds_total = total.seconds();
   return st;
 }
 

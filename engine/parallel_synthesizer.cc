@@ -34,7 +34,6 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
-#include <chrono>
 #include <cstring>
 #include <exception>
 #include <future>
@@ -59,6 +58,7 @@
 #include "engine/launch_output.h"
 #include "engine/op_validator.h"
 #include "engine/overlay_reader.h"
+#include "engine/stopwatch.h"
 #include "engine/synthesis.h"
 #include "io/write_queue.h"
 
@@ -71,8 +71,6 @@ using format::OpKind;
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
 // Worst-case bytes one blocks frame holds while in flight: stored table and
 // payload (<= 4 MiB + zstd overhead + table) and decoded content (one 4 KiB
@@ -607,7 +605,7 @@ class ParallelSynthesis {
 }  // namespace
 
 SynthesizeStats synthesize_parallel(io::ByteSource& src, const SynthesizeOptions& opts) {
-  const auto t0 = Clock::now();
+  const Stopwatch total;
   if (opts.memory_budget < (16u << 20)) {
     throw Error(ErrorCode::kUsage, "memory budget " + std::to_string(opts.memory_budget) +
                                        " bytes is too small; use at least 16 MiB");
@@ -618,9 +616,9 @@ SynthesizeStats synthesize_parallel(io::ByteSource& src, const SynthesizeOptions
   const format::FileHeader& h = reader.header();
   const VmDir base{opts.base_dir};
 
-  auto t = Clock::now();
+  Stopwatch t;
   st.base_id = check_base(base, h, opts.use_base_id_cache);
-  st.seconds_base_id = since(t);
+  st.seconds_base_id = t.seconds();
 
   const unsigned threads =
       opts.threads == 0 ? static_cast<unsigned>(std::max(1, tbb::info::default_concurrency())) : opts.threads;
@@ -642,29 +640,29 @@ SynthesizeStats synthesize_parallel(io::ByteSource& src, const SynthesizeOptions
   std::promise<void> clone_promise;
   std::shared_future<void> clone_done = clone_promise.get_future().share();
   std::jthread clone_thread([&] {
-    const auto tc = Clock::now();
+    const Stopwatch tc;
     try {
       st.clone_method = out.clone_images(opts.clone);
-      st.seconds_clone = since(tc);
+      st.seconds_clone = tc.seconds();
       clone_promise.set_value();
     } catch (...) {
       clone_promise.set_exception(std::current_exception());
     }
   });
-  t = Clock::now();
+  t.restart();
   {
     ParallelSynthesis run(opts, reader, out, base_images, clone_done, threads, slot_count, st);
     run.run();
   }
   st.overlay_bytes = reader.bytes_read();
-  st.seconds_apply = since(t);
+  st.seconds_apply = t.seconds();
   clone_thread.join();
 
-  t = Clock::now();
+  t.restart();
   out.commit();
-  st.seconds_sync = since(t);
+  st.seconds_sync = t.seconds();
   for (unsigned i = 0; i < format::kImageCount; ++i) st.launch_size[i] = h.launch_size[i];
-  st.seconds_total = since(t0);
+  st.seconds_total = total.seconds();
   return st;
 }
 

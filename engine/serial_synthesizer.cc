@@ -1,7 +1,6 @@
 // The serial engine: one thread, plain pread/pwrite, frame after frame. It is
 // the reference the parallel engine is tested against and the baseline the
 // benchmarks compare with, so it stays simple rather than fast.
-#include <chrono>
 #include <cstring>
 #include <vector>
 
@@ -11,6 +10,7 @@
 #include "engine/launch_output.h"
 #include "engine/op_validator.h"
 #include "engine/overlay_reader.h"
+#include "engine/stopwatch.h"
 #include "engine/synthesis.h"
 
 namespace vmsynth {
@@ -19,13 +19,8 @@ using format::BlockOp;
 using format::kBlockSize;
 using format::OpKind;
 
-namespace {
-using Clock = std::chrono::steady_clock;
-double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
-}  // namespace
-
 SynthesizeStats synthesize_serial(io::ByteSource& src, const SynthesizeOptions& opts) {
-  const auto t0 = Clock::now();
+  const Stopwatch total;
   SynthesizeStats st;
   st.engine = "serial";
   st.write_backend = "pwrite";
@@ -33,16 +28,16 @@ SynthesizeStats synthesize_serial(io::ByteSource& src, const SynthesizeOptions& 
   const format::FileHeader& h = reader.header();
   const VmDir base{opts.base_dir};
 
-  auto t = Clock::now();
+  Stopwatch t;
   st.base_id = check_base(base, h, opts.use_base_id_cache);
-  st.seconds_base_id = since(t);
+  st.seconds_base_id = t.seconds();
 
   LaunchOutput out(base, h, opts.out_dir, opts.force);
-  t = Clock::now();
+  t.restart();
   st.clone_method = out.clone_images(opts.clone);
-  st.seconds_clone = since(t);
+  st.seconds_clone = t.seconds();
 
-  t = Clock::now();
+  t.restart();
   std::vector<io::File> base_images;
   for (ImageKind k : kImageKinds) base_images.push_back(io::File::open_read(base.image(k)));
   auto read_base = [&](format::BlockAddress a, std::span<std::byte> buf) {
@@ -108,13 +103,13 @@ SynthesizeStats synthesize_serial(io::ByteSource& src, const SynthesizeOptions& 
     if (opts.progress) opts.progress(reader.bytes_read(), opts.source_size);
   }
   st.overlay_bytes = reader.bytes_read();
-  st.seconds_apply = since(t);
+  st.seconds_apply = t.seconds();
 
-  t = Clock::now();
+  t.restart();
   out.commit();
-  st.seconds_sync = since(t);
+  st.seconds_sync = t.seconds();
   for (unsigned i = 0; i < format::kImageCount; ++i) st.launch_size[i] = h.launch_size[i];
-  st.seconds_total = since(t0);
+  st.seconds_total = total.seconds();
   return st;
 }
 

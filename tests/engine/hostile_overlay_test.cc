@@ -77,28 +77,10 @@ testutil::VmContent small_launch(const testutil::VmContent& base) {
 // A scratch directory on /dev/shm when there is one: the damage tests run
 // thousands of syntheses, and on a journalling disk creating and removing
 // their staging directories dominates. Falls back to $TMPDIR or /tmp.
-class ScratchDir {
- public:
-  ScratchDir() {
-    std::error_code ec;
-    const char* t = std::getenv("TMPDIR");
-    std::string root = std::filesystem::is_directory("/dev/shm", ec) && ::access("/dev/shm", W_OK) == 0
-                           ? "/dev/shm"
-                           : (t && *t ? t : "/tmp");
-    std::string tmpl = root + "/vmsynth-hostile-XXXXXX";
-    if (::mkdtemp(tmpl.data()) == nullptr) throw std::runtime_error("mkdtemp failed in " + root);
-    path_ = tmpl;
-  }
-  ~ScratchDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  const std::string& path() const { return path_; }
-  std::string sub(std::string_view name) const { return path_ + "/" + std::string(name); }
-
- private:
-  std::string path_;
-};
+std::string scratch_root() {
+  std::error_code ec;
+  return std::filesystem::is_directory("/dev/shm", ec) && ::access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "";
+}
 
 class Hostile : public ::testing::Test {
  protected:
@@ -160,7 +142,7 @@ class Hostile : public ::testing::Test {
     }
   }
 
-  ScratchDir dir_;
+  testutil::TempDir dir_{"vmsynth-hostile", scratch_root()};
   std::string base_ = dir_.sub("base"), launch_ = dir_.sub("launch"), out_ = dir_.sub("out");
   testutil::VmContent base_content_, launch_content_;
 };

@@ -39,6 +39,7 @@
 #include "engine/synthetic_pair.h"
 #include "engine/vm_dir.h"
 #include "io/byte_source.h"
+#include "testutil/temp_dir.h"
 
 namespace vmsynth::testutil {
 
@@ -50,28 +51,6 @@ inline constexpr bool kThreadSanitizer = false;
 #endif
 
 
-// A fresh directory under $TMPDIR (or /tmp), removed with its content.
-class TempDir {
- public:
-  explicit TempDir(std::string_view tag = "vmsynth-test") {
-    const char* t = std::getenv("TMPDIR");
-    std::string tmpl = std::string(t && *t ? t : "/tmp") + "/" + std::string(tag) + "-XXXXXX";
-    if (::mkdtemp(tmpl.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-    path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-
-  const std::string& path() const { return path_; }
-  std::string sub(std::string_view name) const { return path_ + "/" + std::string(name); }
-
- private:
-  std::string path_;
-};
 
 inline std::string read_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "common/error.h"
+#include "testutil/temp_dir.h"
 
 #if __has_include(<zstd.h>)
 #include <zstd.h>
@@ -32,24 +33,8 @@ namespace {
 constexpr uint64_t kMiB = 1ull << 20;
 constexpr size_t kPage = kSyntheticBlockSize;
 
-class TempDir {
- public:
-  TempDir() {
-    const char* t = std::getenv("TMPDIR");
-    std::string tmpl = std::string(t && *t ? t : "/tmp") + "/vmsynth-gen-pair-test-XXXXXX";
-    if (::mkdtemp(tmpl.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-    path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  const std::string& path() const { return path_; }
-  std::string sub(std::string_view name) const { return path_ + "/" + std::string(name); }
+using testutil::TempDir;
 
- private:
-  std::string path_;
-};
 
 std::string read_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);

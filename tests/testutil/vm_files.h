@@ -19,31 +19,15 @@
 #include <string>
 #include <vector>
 
+#include "testutil/temp_dir.h"
+
 namespace vmsynth::vmfiles {
+
+using testutil::TempDir;
 
 using Bytes = std::vector<std::byte>;
 inline constexpr size_t kBlock = 4096;
 
-class TempDir {
- public:
-  TempDir() {
-    const char* base = std::getenv("TMPDIR");
-    std::string tmpl = std::string(base && *base ? base : "/tmp") + "/vmsynth-test.XXXXXX";
-    if (!::mkdtemp(tmpl.data())) std::abort();
-    path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  const std::string& path() const { return path_; }
-  std::string operator/(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
-};
 
 inline void write_file(const std::string& path, const Bytes& data) {
   std::filesystem::create_directories(std::filesystem::path(path).parent_path());
