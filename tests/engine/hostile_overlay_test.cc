@@ -100,6 +100,8 @@ class Hostile : public ::testing::Test {
     c.force = true;
     c.key = key;
     c.scrypt = {10, 8, 1};  // cheap for tests; the default is N=2^15
+    // Under TSan, set-up runs on one thread: Debian's oneTBB is not instrumented.
+    c.threads = testutil::kThreadSanitizer ? 1 : 0;
     create_overlay(c);
     return testutil::read_bytes(c.output);
   }
