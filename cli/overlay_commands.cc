@@ -19,12 +19,12 @@ namespace vmsynth::cli {
 
 namespace {
 
-const char* kKindNames[] = {"zero", "base_copy", "self_copy", "delta", "literal"};
+std::string kind_name(unsigned k) { return std::string(format::op_kind_name(static_cast<format::OpKind>(k))); }
 
 nlohmann::json kinds_json(const std::array<uint64_t, format::kOpKindCount>& counts) {
   nlohmann::json j;
   for (unsigned k = 0; k < format::kOpKindCount; ++k) {
-    j[kKindNames[k]] = {{"count", counts[k]}, {"bytes", counts[k] * format::kBlockSize}};
+    j[kind_name(k)] = {{"count", counts[k]}, {"bytes", counts[k] * format::kBlockSize}};
   }
   return j;
 }
@@ -43,7 +43,7 @@ int parse_level(const std::string& s) {
 
 void print_kinds(const std::array<uint64_t, format::kOpKindCount>& counts) {
   for (unsigned k = 0; k < format::kOpKindCount; ++k) {
-    std::printf("  %-10s %10llu blocks  %12s\n", kKindNames[k], static_cast<unsigned long long>(counts[k]),
+    std::printf("  %-10s %10llu blocks  %12s\n", kind_name(k).c_str(), static_cast<unsigned long long>(counts[k]),
                 human_bytes(counts[k] * format::kBlockSize).c_str());
   }
 }

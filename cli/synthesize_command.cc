@@ -130,8 +130,9 @@ void add_synthesize_command(CLI::App& app) {
     }
     if (args->json) {
       nlohmann::json ops;
-      const char* names[] = {"zero", "base_copy", "self_copy", "delta", "literal"};
-      for (unsigned k = 0; k < format::kOpKindCount; ++k) ops[names[k]] = s.kind_count[k];
+      for (unsigned k = 0; k < format::kOpKindCount; ++k) {
+        ops[std::string(format::op_kind_name(static_cast<format::OpKind>(k)))] = s.kind_count[k];
+      }
       nlohmann::json j = {{"ok", true},
                           {"out", args->out},
                           {"engine", s.engine},
