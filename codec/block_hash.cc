@@ -55,11 +55,6 @@ Hash128 hash_block(std::span<const std::byte> data, size_t block_size) {
   return hash128(padded);
 }
 
-Hash128 zero_block_hash(size_t block_size) {
-  static const Hash128 k4096 = hash128(std::vector<std::byte>(4096));
-  return block_size == 4096 ? k4096 : hash128(std::vector<std::byte>(block_size));
-}
-
 bool is_zero(std::span<const std::byte> data) {
   if (data.empty()) return true;
   // isal_zero_detect takes a non-const pointer but only reads.

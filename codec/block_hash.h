@@ -41,9 +41,6 @@ uint64_t hash64(std::span<const std::byte> data);
 // image) is hashed as if padded with zeros to `block_size`.
 Hash128 hash_block(std::span<const std::byte> data, size_t block_size);
 
-// The hash of an all-zero block of `block_size` bytes.
-Hash128 zero_block_hash(size_t block_size);
-
 // True when every byte is zero (ISA-L isal_zero_detect).
 bool is_zero(std::span<const std::byte> data);
 

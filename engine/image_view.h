@@ -24,7 +24,6 @@ class ImageView {
 
   uint64_t size(unsigned image) const { return maps_[image].size(); }
   uint64_t blocks(unsigned image) const { return format::blocks_in(size(image)); }
-  const std::string& path(unsigned image) const { return files_[image].path(); }
 
   // The block's bytes: a view into the mapping when the whole block is inside
   // the image, else `scratch` filled with the in-range bytes and zeros.

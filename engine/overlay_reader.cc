@@ -83,19 +83,20 @@ bool OverlayReader::next(RawFrame& f) {
     return false;
   }
   if (h.type == format::FrameType::kEnd) {
+    format::Trailer trailer;
     try {
-      trailer_ = codec::FrameCodec::decode_end(h, body, keys_.get());
+      trailer = codec::FrameCodec::decode_end(h, body, keys_.get());
     } catch (Error& e) {
       throw e.with(where);
     }
-    if (trailer_.frame_count != frames_) {
-      throw_corrupt("the end frame counts " + std::to_string(trailer_.frame_count) + " frames but " +
+    if (trailer.frame_count != frames_) {
+      throw_corrupt("the end frame counts " + std::to_string(trailer.frame_count) + " frames but " +
                     std::to_string(frames_) + " were read (" + where + ")");
     }
-    if (trailer_.kind_count != kinds_seen_) {
+    if (trailer.kind_count != kinds_seen_) {
       throw_corrupt("the end frame's op totals do not match the frames read (" + where + ")");
     }
-    if (trailer_.frame_chain != chain_.digest()) {
+    if (trailer.frame_chain != chain_.digest()) {
       throw_corrupt("the frame chain does not match the end frame: frames were changed, dropped or reordered (" +
                     where + ")");
     }

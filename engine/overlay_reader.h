@@ -69,7 +69,6 @@ class OverlayReader {
 
   uint64_t bytes_read() const { return offset_; }
   uint64_t frames_read() const { return frames_; }
-  const format::Trailer& trailer() const { return trailer_; }
 
  private:
   size_t read(std::span<std::byte> buf);
@@ -77,7 +76,6 @@ class OverlayReader {
   io::ByteSource& src_;
   format::FileHeader header_;
   std::shared_ptr<const codec::FrameKeys> keys_;
-  format::Trailer trailer_;
   codec::FrameChain chain_;
   std::array<uint64_t, format::kOpKindCount> kinds_seen_{};
   uint64_t offset_ = 0;
