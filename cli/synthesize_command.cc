@@ -60,7 +60,7 @@ class FirstByteClock : public io::ByteSource {
 
 void add_synthesize_command(CLI::App& app) {
   struct Args {
-    std::string base, overlay, out, engine = "parallel", clone = "auto";
+    std::string base, overlay, out, engine = "parallel", clone = "auto", disk_format = "raw";
     unsigned threads = 0, queue_depth = 64;
     uint64_t memory_mib = 256;
     bool force = false, json = false, no_uring = false, launch = false;
@@ -81,6 +81,11 @@ void add_synthesize_command(CLI::App& app) {
   c->add_option("--clone", args->clone,
                 "How output images start from the base: auto (default), reflink, copy-range, read-write")
       ->check(CLI::IsMember({"auto", "reflink", "copy-range", "read-write"}));
+  c->add_option("--disk-format", args->disk_format,
+                "Launch disk: raw (default; disk.img, a full copy of the base disk plus the changed blocks) or "
+                "qcow2 (disk.qcow2: only the changed blocks, backed by the base's disk.img, which is not copied; "
+                "the base disk must then stay in place and unchanged while the launch VM exists)")
+      ->check(CLI::IsMember({"raw", "qcow2"}));
   c->add_flag("--no-io-uring", args->no_uring,
               "Write with pwrite instead of io_uring (also: environment VMSYNTH_NO_IO_URING=1)");
   c->add_option("--queue-depth", args->queue_depth, "io_uring queue depth, 1-4096 (default 64)")
@@ -101,6 +106,7 @@ void add_synthesize_command(CLI::App& app) {
     o.threads = args->threads;
     o.force = args->force;
     o.clone = io::parse_clone_method(args->clone);
+    o.disk_format = parse_disk_format(args->disk_format);
     o.force_pwrite = args->no_uring;
     o.queue_depth = args->queue_depth;
     o.memory_budget = args->memory_mib << 20;
@@ -139,6 +145,7 @@ void add_synthesize_command(CLI::App& app) {
                           {"threads", s.threads},
                           {"write_backend", s.write_backend},
                           {"clone_method", s.clone_method},
+                          {"disk_format", s.disk_format},
                           {"base_id", s.base_id.hex()},
                           {"overlay_bytes", s.overlay_bytes},
                           {"frames", s.frames},
@@ -161,9 +168,10 @@ void add_synthesize_command(CLI::App& app) {
       }
       std::printf("%s\n", j.dump(2).c_str());
     } else {
-      std::printf("synthesized %s from %s of overlay in %.3f s (%s engine, %u threads, writes: %s, clone: %s)\n",
-                  args->out.c_str(), human_bytes(s.overlay_bytes).c_str(), s.seconds_total, s.engine.c_str(), s.threads,
-                  s.write_backend.c_str(), s.clone_method.c_str());
+      std::printf(
+          "synthesized %s from %s of overlay in %.3f s (%s engine, %u threads, writes: %s, clone: %s, disk: %s)\n",
+          args->out.c_str(), human_bytes(s.overlay_bytes).c_str(), s.seconds_total, s.engine.c_str(), s.threads,
+          s.write_backend.c_str(), s.clone_method.c_str(), s.disk_format.c_str());
       if (launched) {
         std::printf("launch VM running in %s (pid %d, %s): %.0f ms from the first overlay byte, resume %.0f ms\n",
                     launched->run_dir.c_str(), static_cast<int>(launched->pid),

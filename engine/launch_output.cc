@@ -5,10 +5,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "common/error.h"
@@ -95,13 +98,39 @@ io::StagedDirectory make_staging(const std::string& out_dir, bool force) {
 
 }  // namespace
 
-LaunchOutput::LaunchOutput(const VmDir& base, const format::FileHeader& h, const std::string& out_dir, bool force)
-    : base_(base), header_(h), staged_(make_staging(out_dir, force)) {}
+std::string_view disk_format_name(DiskFormat f) { return f == DiskFormat::kQcow2 ? "qcow2" : "raw"; }
+
+DiskFormat parse_disk_format(std::string_view name) {
+  if (name == "raw") return DiskFormat::kRaw;
+  if (name == "qcow2") return DiskFormat::kQcow2;
+  throw Error(ErrorCode::kUsage, "unknown disk format '" + std::string(name) + "'; use raw or qcow2");
+}
+
+LaunchOutput::LaunchOutput(const VmDir& base, const format::FileHeader& h, const std::string& out_dir, bool force,
+                           DiskFormat disk_format)
+    : base_(base), header_(h), disk_format_(disk_format), staged_(make_staging(out_dir, force)) {}
+
+void LaunchOutput::create_qcow2_disk() {
+  // The backing file is named by absolute path: the output directory is
+  // renamed into place later and may be moved, the base is not.
+  const std::string disk = base_.image(ImageKind::kDisk);
+  char* real = ::realpath(disk.c_str(), nullptr);
+  if (real == nullptr) throw io_error("cannot resolve the base disk", disk, errno);
+  std::string backing(real);
+  std::free(real);
+  base_disk_ = io::File::open_read(backing);
+  qcow2_ = std::make_unique<io::Qcow2Writer>(staged_.path() + "/" + std::string(kQcow2DiskName),
+                                             header_.launch_size[format::kImageDisk], backing);
+}
 
 std::string LaunchOutput::clone_images(io::CloneMethod method) {
   std::string used;
   for (unsigned i = 0; i < format::kImageCount; ++i) {
     auto kind = static_cast<ImageKind>(i);
+    if (mapped(i)) {
+      create_qcow2_disk();
+      continue;
+    }
     std::string dst = staged_.path() + "/" + std::string(image_file_name(kind));
     io::CloneResult r = io::clone_image(base_.image(kind), dst, header_.launch_size[i], method);
     if (i == 0) used = std::string(io::clone_method_name(r.method));
@@ -110,19 +139,101 @@ std::string LaunchOutput::clone_images(io::CloneMethod method) {
   return used;
 }
 
+std::string LaunchOutput::clone_images_beside_writer(io::CloneMethod method, const std::function<void()>& started) {
+  if (mapped(format::kImageDisk)) create_qcow2_disk();
+  std::vector<unsigned> raw;
+  for (unsigned i = 0; i < format::kImageCount; ++i) {
+    if (!mapped(i)) raw.push_back(i);
+  }
+  for (unsigned i : raw) trackers_[i] = std::make_unique<CloneTracker>(header_.launch_size[i]);
+  std::atomic<unsigned> waiting{static_cast<unsigned>(raw.size())};
+  std::string used;
+  auto clone_one = [&](unsigned i) {
+    try {
+      const auto kind = static_cast<ImageKind>(i);
+      const std::string dst = staged_.path() + "/" + std::string(image_file_name(kind));
+      io::CloneHooks hooks = trackers_[i]->hooks();
+      hooks.started = [&, i, dst] {
+        images_[i] = io::File::open_rw(dst);
+        if (waiting.fetch_sub(1) == 1) started();
+      };
+      io::CloneResult r = io::clone_image(base_.image(kind), dst, header_.launch_size[i], method, &hooks);
+      if (i == 0) used = std::string(io::clone_method_name(r.method));
+    } catch (...) {
+      for (unsigned j : raw) trackers_[j]->fail(std::current_exception());
+      throw;
+    }
+  };
+  if (raw.empty()) {
+    started();
+    return used;
+  }
+  // The other image on its own thread; both copies are limited by the disk,
+  // and running them together lets the writer start on either at once.
+  std::exception_ptr other_error;
+  {
+    std::jthread other;
+    if (raw.size() > 1) {
+      other = std::jthread([&] {
+        try {
+          clone_one(raw[1]);
+        } catch (...) {
+          other_error = std::current_exception();
+        }
+      });
+    }
+    clone_one(raw[0]);
+  }
+  if (other_error) std::rethrow_exception(other_error);
+  return used;
+}
+
 void LaunchOutput::write_block(format::BlockAddress a, std::span<const std::byte> block) {
   uint64_t off = a.block * kBlockSize;
   uint64_t size = header_.launch_size[a.image];
   size_t n = static_cast<size_t>(std::min<uint64_t>(kBlockSize, size - off));
-  images_[a.image].pwrite_full(block.first(n), off);
+  place(a.image, off, n, [&](uint64_t file_offset, uint64_t from, uint64_t len) {
+    image(a.image).pwrite_full(block.subspan(from, len), file_offset);
+  });
+}
+
+void LaunchOutput::zero_block(format::BlockAddress a) {
+  static const std::array<std::byte, kBlockSize> kZeros{};
+  if (!mapped(a.image)) return write_block(a, kZeros);
+  uint64_t off = a.block * kBlockSize;
+  zero_range(a.image, off, std::min<uint64_t>(kBlockSize, header_.launch_size[a.image] - off));
+}
+
+void LaunchOutput::zero_range(unsigned i, uint64_t offset, uint64_t len) {
+  if (!mapped(i)) throw Error(ErrorCode::kUsage, "zero_range is for a qcow2 disk");
+  for (uint64_t done = 0; done < len;) {
+    const uint64_t at = offset + done;
+    const uint64_t n = std::min(len - done, io::Qcow2Writer::kClusterSize - at % io::Qcow2Writer::kClusterSize);
+    qcow2_->set_zero(at, n);
+    done += n;
+  }
 }
 
 void LaunchOutput::read_block(format::BlockAddress a, std::span<std::byte> out) const {
   uint64_t off = a.block * kBlockSize;
   uint64_t size = header_.launch_size[a.image];
   size_t n = static_cast<size_t>(std::min<uint64_t>(kBlockSize, size - off));
-  images_[a.image].pread_full(out.first(n), off);
   std::memset(out.data() + n, 0, kBlockSize - n);
+  if (!mapped(a.image)) return images_[a.image].pread_full(out.first(n), off);
+  // A block lies inside one cluster, but its two subclusters may differ.
+  for (uint64_t at = 0; at < n; at += io::Qcow2Writer::kSubclusterSize) {
+    const size_t len = static_cast<size_t>(std::min<uint64_t>(io::Qcow2Writer::kSubclusterSize, n - at));
+    std::span<std::byte> piece = out.subspan(at, len);
+    io::Qcow2Writer::Location l = qcow2_->lookup(off + at);
+    if (l.source == io::Qcow2Writer::Source::kData) {
+      qcow2_->file().pread_full(piece, l.file_offset);
+    } else if (l.source == io::Qcow2Writer::Source::kZero) {
+      std::memset(piece.data(), 0, len);
+    } else {
+      size_t got = base_disk_.pread_some(piece, off + at);  // past the base's end: zeros
+      std::memset(piece.data() + got, 0, len - got);
+    }
+  }
 }
 
 void LaunchOutput::apply_file_frame(codec::FrameCodec& codec, const format::FrameHeader& h,
@@ -150,6 +261,10 @@ void LaunchOutput::apply_file_frame(codec::FrameCodec& codec, const format::Fram
 }
 
 void LaunchOutput::commit() {
+  if (qcow2_) {
+    qcow2_->finish();
+    qcow2_->file().close();
+  }
   for (io::File& f : images_) {
     if (f.valid()) f.close();
   }

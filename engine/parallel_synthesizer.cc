@@ -93,7 +93,7 @@ struct WriteRun {
   unsigned image = 0;
   uint64_t first_block = 0;
   uint64_t blocks = 0;
-  const std::byte* data = nullptr;
+  const std::byte* data = nullptr;  // null: zeros to mark, not write (qcow2 disk)
 };
 
 struct FrameSlot {
@@ -253,12 +253,12 @@ std::exception_ptr current_with(const std::string& where) {
 class ParallelSynthesis {
  public:
   ParallelSynthesis(const SynthesizeOptions& opts, OverlayReader& reader, LaunchOutput& out, const std::array<io::File, format::kImageCount>& base,
-                    std::shared_future<void> clone_done, unsigned threads, unsigned slot_count, SynthesizeStats& st)
+                    std::shared_future<void> clone_started, unsigned threads, unsigned slot_count, SynthesizeStats& st)
       : opts_(opts),
         reader_(reader),
         out_(out),
         base_(base),
-        clone_done_(std::move(clone_done)),
+        clone_started_(std::move(clone_started)),
         threads_(threads),
         validator_(reader.header()),
         table_codec_(reader.keys()), codecs_([&reader] { return codec::FrameCodec(reader.keys()); }),
@@ -479,10 +479,13 @@ class ParallelSynthesis {
           break;
       }
       if (hash128(std::span<const std::byte>(content, kBlockSize)) != op.hash) throw_hash_mismatch(op);
+      // A qcow2 disk records zeros instead of storing them.
+      if (op.kind == OpKind::kZero && out_.mapped(op.target.image)) content = nullptr;
       if (!s.runs.empty()) {
         WriteRun& r = s.runs.back();
         if (r.image == op.target.image && r.first_block + r.blocks == op.target.block &&
-            r.data + r.blocks * kBlockSize == content) {
+            (r.data == nullptr ? content == nullptr
+                               : content != nullptr && r.data + r.blocks * kBlockSize == content)) {
           ++r.blocks;
           continue;
         }
@@ -495,7 +498,7 @@ class ParallelSynthesis {
   // Waits for the clone (once) and opens the write queue over its images.
   void start_writing() {
     if (queue_) return;
-    clone_done_.get();  // rethrows a clone failure
+    clone_started_.get();  // rethrows a clone failure
     io::WriteQueueOptions qo;
     qo.queue_depth = opts_.queue_depth;
     qo.force_pwrite = opts_.force_pwrite;
@@ -520,11 +523,20 @@ class ParallelSynthesis {
         fail(current_with(""), 0);  // a clone failure comes before every frame
         return;
       }
-      s.writes_pending = static_cast<unsigned>(s.runs.size()) + 1;  // +1: until every run is queued
+      s.writes_pending = 1;  // until every piece is queued
       for (const WriteRun& r : s.runs) {
         const uint64_t offset = r.first_block * kBlockSize;
         const uint64_t size = std::min(r.blocks * kBlockSize, out_.image_size(r.image) - offset);
-        queue_->write(r.image, offset, std::span(r.data, static_cast<size_t>(size)), s.id);
+        out_.before_write(r.image, offset, size);  // the base clone copies around it
+        if (r.data == nullptr) {
+          out_.zero_range(r.image, offset, size);
+          continue;
+        }
+        // A qcow2 disk splits the run at its clusters (allocated here).
+        out_.place(r.image, offset, size, [&](uint64_t file_offset, uint64_t from, uint64_t len) {
+          ++s.writes_pending;
+          queue_->write(r.image, file_offset, std::span(r.data + from, static_cast<size_t>(len)), s.id);
+        });
       }
       write_completed(s.id);
       // Nothing else queued for the writer (or a frame waits for writes):
@@ -576,7 +588,7 @@ class ParallelSynthesis {
   OverlayReader& reader_;
   LaunchOutput& out_;
   const std::array<io::File, format::kImageCount>& base_;
-  std::shared_future<void> clone_done_;
+  std::shared_future<void> clone_started_;  // the output images exist; writes may begin
   const unsigned threads_;
 
   OpValidator validator_;      // validate node only
@@ -629,34 +641,46 @@ SynthesizeStats synthesize_parallel(io::ByteSource& src, const SynthesizeOptions
       kMaxSlots));
   st.threads = threads;
 
-  LaunchOutput out(base, h, opts.out_dir, opts.force);
+  LaunchOutput out(base, h, opts.out_dir, opts.force, opts.disk_format);
+  st.disk_format = disk_format_name(opts.disk_format);
   std::array<io::File, format::kImageCount> base_images;
   for (ImageKind k : kImageKinds) base_images[static_cast<unsigned>(k)] = io::File::open_read(base.image(k));
 
-  // The clone runs beside the graph: frames are read, validated and decoded
-  // meanwhile; the writer waits for it before its first write. The thread is
+  // The clone runs beside the graph: frames are read, validated, decoded and
+  // written meanwhile (the writer waits only until the output images exist;
+  // the clone then copies around the blocks already written). The thread is
   // declared after `out`, so on every path (errors included) it is joined
   // before the staging directory is removed.
-  std::promise<void> clone_promise;
-  std::shared_future<void> clone_done = clone_promise.get_future().share();
+  std::promise<void> started_promise, clone_promise;
+  std::shared_future<void> clone_started = started_promise.get_future().share();
+  std::future<void> clone_done = clone_promise.get_future();
+  std::atomic<bool> started{false};
   std::jthread clone_thread([&] {
     const Stopwatch tc;
     try {
-      st.clone_method = out.clone_images(opts.clone);
+      st.clone_method = out.clone_images_beside_writer(opts.clone, [&] {
+        started.store(true);
+        started_promise.set_value();
+      });
       st.seconds_clone = tc.seconds();
       clone_promise.set_value();
     } catch (...) {
+      if (!started.load()) started_promise.set_exception(std::current_exception());
       clone_promise.set_exception(std::current_exception());
     }
   });
   t.restart();
-  {
-    ParallelSynthesis run(opts, reader, out, base_images, clone_done, threads, slot_count, st);
+  try {
+    ParallelSynthesis run(opts, reader, out, base_images, clone_started, threads, slot_count, st);
     run.run();
+  } catch (...) {
+    out.cancel_clone();  // the output is discarded: do not copy the rest of the base
+    throw;
   }
   st.overlay_bytes = reader.bytes_read();
   st.seconds_apply = t.seconds();
   clone_thread.join();
+  clone_done.get();  // a clone that failed after writing began
 
   t.restart();
   out.commit();

@@ -32,7 +32,8 @@ SynthesizeStats synthesize_serial(io::ByteSource& src, const SynthesizeOptions& 
   st.base_id = check_base(base, h, opts.use_base_id_cache);
   st.seconds_base_id = t.seconds();
 
-  LaunchOutput out(base, h, opts.out_dir, opts.force);
+  LaunchOutput out(base, h, opts.out_dir, opts.force, opts.disk_format);
+  st.disk_format = disk_format_name(opts.disk_format);
   t.restart();
   st.clone_method = out.clone_images(opts.clone);
   st.seconds_clone = t.seconds();
@@ -92,7 +93,11 @@ SynthesizeStats synthesize_serial(io::ByteSource& src, const SynthesizeOptions& 
             break;
         }
         if (hash128(content) != op.hash) throw_hash_mismatch(op);
-        out.write_block(op.target, content);
+        if (op.kind == OpKind::kZero) {
+          out.zero_block(op.target);
+        } else {
+          out.write_block(op.target, content);
+        }
         ++st.kind_count[static_cast<unsigned>(op.kind)];
         ++st.blocks_written;
       }

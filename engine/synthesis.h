@@ -16,6 +16,7 @@
 #include <array>
 #include <cstdint>
 #include <string>
+#include <string_view>
 
 #include "codec/block_hash.h"
 #include "codec/crypto.h"
@@ -28,6 +29,18 @@ namespace vmsynth {
 
 enum class EngineKind { kSerial, kParallel };
 
+// The launch disk's output format. kRaw: disk.img, a full copy of the base
+// disk with the overlay's blocks written over it. kQcow2: disk.qcow2, holding
+// only the overlay's disk blocks, with the base's disk.img (by absolute path)
+// as its backing file; nothing is copied, QEMU runs it directly, and the base
+// disk must then stay where it is, unchanged, for the launch VM's lifetime.
+enum class DiskFormat { kRaw, kQcow2 };
+
+// "raw", "qcow2".
+std::string_view disk_format_name(DiskFormat f);
+// Inverse of disk_format_name; throws kUsage naming the valid choices.
+DiskFormat parse_disk_format(std::string_view name);
+
 struct SynthesizeOptions {
   std::string base_dir;
   std::string out_dir;
@@ -35,6 +48,7 @@ struct SynthesizeOptions {
   unsigned threads = 0;  // parallel engine workers; 0 = one per core
   bool force = false;    // replace an existing --out
   io::CloneMethod clone = io::CloneMethod::kAuto;  // how output images start from the base
+  DiskFormat disk_format = DiskFormat::kRaw;
   bool force_pwrite = false;    // parallel engine: never use io_uring
   unsigned queue_depth = 64;    // parallel engine: io_uring queue depth, 1..4096
   uint64_t memory_budget = 256u << 20;  // parallel engine: bytes of frames in flight, >= 16 MiB
@@ -57,6 +71,7 @@ struct SynthesizeStats {
   std::string write_backend;   // "pwrite" or "io_uring"
   std::string write_fallback;  // why io_uring was not used, if it was wanted
   std::string clone_method;    // how the output images were started
+  std::string disk_format;     // "raw" or "qcow2"
   unsigned threads = 1;
   double seconds_base_id = 0;
   double seconds_clone = 0;

@@ -1,6 +1,8 @@
 // The on-disk layout of a VM directory, base or launch.
 //
 //   disk.img      raw disk image (multiple of 512 bytes, any size)
+//   disk.qcow2    instead of disk.img in a launch VM synthesized with
+//                 --disk-format qcow2: the changed blocks over the base's disk.img
 //   memory.img    raw guest RAM, page-aligned: byte N is guest-physical byte N
 //   devstate.bin  optional: QEMU device state (opaque bytes)
 //   vm.json       optional: the machine description (opaque to the engine)
@@ -16,6 +18,9 @@ namespace vmsynth {
 
 inline constexpr std::string_view kDiskImageName = "disk.img";
 inline constexpr std::string_view kMemoryImageName = "memory.img";
+// A synthesized launch disk in qcow2 form (synthesize --disk-format qcow2):
+// it replaces disk.img and names the base's disk.img as its backing file.
+inline constexpr std::string_view kQcow2DiskName = "disk.qcow2";
 inline constexpr std::string_view kDevStateName = "devstate.bin";
 inline constexpr std::string_view kVmJsonName = "vm.json";
 

@@ -38,11 +38,10 @@ bool all_zero(std::span<const std::byte> b) {
          (b[0] == std::byte{0} && std::memcmp(b.data(), b.data() + 1, b.size() - 1) == 0);
 }
 
-// Calls fn(offset, length) for each data extent of `f` below `limit`. A file
-// system without SEEK_DATA support reports everything as data.
+// Calls fn(offset, length) for each data extent of `f` in [pos, limit). A
+// file system without SEEK_DATA support reports everything as data.
 template <class Fn>
-void for_each_data_extent(const File& f, uint64_t limit, Fn&& fn) {
-  uint64_t pos = 0;
+void for_each_data_extent(const File& f, uint64_t pos, uint64_t limit, Fn&& fn) {
   while (pos < limit) {
     off_t data = ::lseek(f.fd(), static_cast<off_t>(pos), SEEK_DATA);
     if (data < 0) {
@@ -169,7 +168,7 @@ std::optional<File> open_source_image(const std::string& src, struct stat& st) {
 }  // namespace
 
 CloneResult clone_image(const std::string& src, const std::string& dst, uint64_t dst_size,
-                        CloneMethod method) {
+                        CloneMethod method, const CloneHooks* hooks) {
   struct stat src_st {};
   std::optional<File> in = open_source_image(src, src_st);
   uint64_t src_size = in ? static_cast<uint64_t>(src_st.st_size) : 0;
@@ -180,12 +179,16 @@ CloneResult clone_image(const std::string& src, const std::string& dst, uint64_t
     throw Error(ErrorCode::kUsage, "cannot clone '" + src + "' onto itself ('" + dst + "')");
   }
   File out = File::create(dst);
+  auto started = [&] {
+    if (hooks != nullptr && hooks->started) hooks->started();
+  };
 
   CloneResult result;
   result.method = method;
   uint64_t limit = std::min(src_size, dst_size);
   if (limit == 0) {
     out.truncate(dst_size);
+    started();
     return result;
   }
 
@@ -194,6 +197,7 @@ CloneResult clone_image(const std::string& src, const std::string& dst, uint64_t
       out.truncate(dst_size);
       result.method = CloneMethod::kReflink;
       result.bytes_shared = limit;
+      started();
       return result;
     }
     int err = errno;
@@ -210,10 +214,25 @@ CloneResult clone_image(const std::string& src, const std::string& dst, uint64_t
   }
 
   out.truncate(dst_size);  // the whole file is a hole; copy the data into it
+  started();
   CloneMethod copy_method =
       method == CloneMethod::kReadWrite ? CloneMethod::kReadWrite : CloneMethod::kCopyRange;
   ExtentCopier copier(*in, out, copy_method, method == CloneMethod::kAuto, result);
-  for_each_data_extent(*in, limit, [&](uint64_t off, uint64_t len) { copier.copy(off, len); });
+  if (hooks == nullptr || !hooks->claim) {
+    for_each_data_extent(*in, 0, limit, [&](uint64_t off, uint64_t len) { copier.copy(off, len); });
+  } else {
+    const uint64_t step = std::max<uint64_t>(hooks->region_bytes, 4096);
+    std::vector<std::pair<uint64_t, uint64_t>> ranges;
+    for (uint64_t begin = 0; begin < limit; begin += step) {
+      const uint64_t end = std::min(limit, begin + step);
+      ranges.clear();
+      if (!hooks->claim(begin, end, ranges)) break;
+      for (auto [b, e] : ranges) {
+        for_each_data_extent(*in, b, std::min(e, end), [&](uint64_t off, uint64_t len) { copier.copy(off, len); });
+      }
+      if (hooks->done) hooks->done(begin, end);
+    }
+  }
   result.method = copier.method();
   return result;
 }

@@ -26,8 +26,11 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 namespace vmsynth::io {
 
@@ -48,13 +51,32 @@ struct CloneResult {
   std::string fallback_reason;
 };
 
+// Lets a clone run beside writers of the destination (the parallel synthesis
+// engine writes the overlay's blocks while the base is still being copied).
+// After `dst` exists at its final size and a reflink was tried, started() is
+// called; from then on writers may write the destination. A reflink clone is
+// then complete. Otherwise the source is copied region by region, in order:
+// claim(begin, end, ranges) fills `ranges` with the parts of [begin, end) to
+// copy (those no writer has written or will write while the region is being
+// copied) and returns false to stop the clone early (it then returns what it
+// did); done(begin, end) follows the region's copy. Both run on the cloning
+// thread. Regions cover [0, min(source size, dst_size)) in steps of
+// region_bytes; the rest of dst is a hole and never claimed.
+struct CloneHooks {
+  uint64_t region_bytes = uint64_t{16} << 20;
+  std::function<void()> started;
+  std::function<bool(uint64_t begin, uint64_t end, std::vector<std::pair<uint64_t, uint64_t>>& ranges)> claim;
+  std::function<void(uint64_t begin, uint64_t end)> done;
+};
+
 // Creates `dst` (truncating an existing file) from `src`, `dst_size` bytes long.
 // REQUIRES: src is a regular file or missing; dst is not the same file as src.
 // Throws kIo (naming path and offset) for OS failures, kUnsupported when an
 // explicitly requested method is not supported here or src is not a regular
 // file, kUsage when dst is src.
+// `hooks` (optional, borrowed for the call) coordinate with concurrent writers.
 CloneResult clone_image(const std::string& src, const std::string& dst, uint64_t dst_size,
-                        CloneMethod method = CloneMethod::kAuto);
+                        CloneMethod method = CloneMethod::kAuto, const CloneHooks* hooks = nullptr);
 
 // "auto", "reflink", "copy-range", "read-write".
 std::string_view clone_method_name(CloneMethod method);

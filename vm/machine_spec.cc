@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "common/error.h"
+#include "engine/vm_dir.h"
 #include "io/file.h"
 
 namespace vmsynth::vm {
@@ -162,6 +163,13 @@ RunLayout run_from_json(const Json& j, const std::string& run_dir) {
   }
   if (r.disk_format != "raw" && r.disk_format != "qcow2") {
     throw_corrupt("vm.json: unsupported run.disk_format '" + r.disk_format + "'");
+  }
+  // A launch VM synthesized with --disk-format qcow2 carries the captured
+  // VM's vm.json (raw disk.img) but holds disk.qcow2, backed by the base.
+  if (r.disk_file == kDiskImageName && r.disk_format == "raw" && !io::path_exists(r.path(r.disk_file)) &&
+      io::path_exists(r.path(std::string(kQcow2DiskName)))) {
+    r.disk_file = std::string(kQcow2DiskName);
+    r.disk_format = "qcow2";
   }
   return r;
 }

@@ -76,7 +76,7 @@ struct MachineSpec {
 struct RunLayout {
   std::string run_dir;                   // absolute; holds qmp.sock, serial.log, qemu.pid
   std::string disk_file = "disk.img";    // relative to run_dir, or absolute
-  std::string disk_format = "raw";       // "raw" or "qcow2" (an overlay of a raw base)
+  std::string disk_format = "raw";       // "raw" or "qcow2" (an overlay of a raw base, or a synthesized disk.qcow2)
   std::string memory_file = "memory.img";
   bool memory_shared = true;             // share=on; false = private copy-on-write mapping
   std::string kernel_path;               // resolved absolute paths (empty: no direct boot)

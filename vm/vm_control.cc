@@ -560,7 +560,7 @@ ResumeResult resume_vm(const std::string& vmdir_in, const ResumeOptions& opt) {
     throw Error(ErrorCode::kUsage, "--shared-memory needs --work DIR");
   }
   RunLayout src = run_from_json(j, vmdir);
-  if (src.disk_format != "raw" || src.path(src.memory_file) != file_in(vmdir, kMemoryImageName)) {
+  if (j.contains("resumed_from") || src.path(src.memory_file) != file_in(vmdir, kMemoryImageName)) {
     throw Error(ErrorCode::kUsage, "'" + vmdir + "' is a work directory of another VM, not a captured "
                                    "VM directory; capture it first with `vmsynth vm capture`");
   }
@@ -584,12 +584,13 @@ ResumeResult resume_vm(const std::string& vmdir_in, const ResumeOptions& opt) {
     run.run_dir = work;
     resolve_boot_files(spec, run, search);
     const auto tp = Clock::now();
-    // Disk: a qcow2 overlay whose backing file is the pristine raw disk.img.
+    // Disk: a qcow2 overlay whose backing file is the pristine disk.img (or a
+    // synthesized disk.qcow2).
     run.disk_file = kOverlayDiskName;
     run.disk_format = "qcow2";
     remove_file(run.path(run.disk_file));
-    run_checked({kQemuImg, "create", "-q", "-f", "qcow2", "-F", "raw", "-b",
-                 file_in(vmdir, kDiskImageName), run.path(run.disk_file)},
+    run_checked({kQemuImg, "create", "-q", "-f", "qcow2", "-F", src.disk_format, "-b",
+                 src.path(src.disk_file), run.path(run.disk_file)},
                 Ms(60000), "qemu-img create of the overlay disk in '" + work + "'");
     if (opt.shared_memory) {
       run.memory_file = file_in(vmdir, kMemoryImageName);  // mapped MAP_PRIVATE: never written

@@ -22,6 +22,7 @@
 #include "engine/synthesis.h"
 #include "engine/synthetic_pair.h"
 #include "tests/engine/synthesis_test_util.h"
+#include "testutil/run_command.h"
 
 namespace vmsynth {
 namespace {
@@ -161,6 +162,101 @@ TEST_P(ParallelShapes, MatchesSerialAtEveryThreadCount) {
 
 INSTANTIATE_TEST_SUITE_P(Parallel, ParallelShapes, ::testing::ValuesIn(shape_names()),
                          [](const auto& info) { return info.param; });
+
+// ---- qcow2 launch disk --------------------------------------------------------
+
+// Empty when out_dir (synthesized with --disk-format qcow2) holds the launch
+// VM of launch_dir: disk.qcow2 passes `qemu-img check`, names the base disk
+// as its raw backing file and reads (flattened by qemu-img) as the launch
+// disk; there is no disk.img; every other file is identical.
+std::string qcow2_output_difference(const std::string& out_dir, const std::string& launch_dir,
+                                    const std::string& base_dir) {
+  const std::string q = out_dir + "/disk.qcow2";
+  if (std::filesystem::exists(out_dir + "/disk.img")) return "disk.img written beside disk.qcow2";
+  auto check = testutil::run_command("qemu-img check '" + q + "'");
+  if (check.exit_code != 0) return "qemu-img check: " + check.output;
+  auto info = testutil::run_command("qemu-img info --output=json '" + q + "'");
+  const std::string backing = std::filesystem::canonical(base_dir + "/disk.img").string();
+  if (info.output.find("\"backing-filename\": \"" + backing + "\"") == std::string::npos ||
+      info.output.find("\"backing-filename-format\": \"raw\"") == std::string::npos) {
+    return "backing file is not the base disk: " + info.output;
+  }
+  const std::string flat = out_dir + "/../flat-" + std::filesystem::path(out_dir).filename().string();
+  auto conv = testutil::run_command("qemu-img convert -O raw '" + q + "' '" + flat + "'");
+  if (conv.exit_code != 0) return "qemu-img convert: " + conv.output;
+  const bool same = testutil::read_file(flat) == testutil::read_file(launch_dir + "/disk.img");
+  std::filesystem::remove(flat);
+  if (!same) return "flattened disk.qcow2 differs from the launch disk";
+  for (const char* name : {"memory.img", "devstate.bin", "vm.json"}) {
+    const bool in_out = std::filesystem::exists(out_dir + "/" + name);
+    if (in_out != std::filesystem::exists(launch_dir + "/" + name)) return std::string(name) + " presence differs";
+    if (in_out && testutil::read_file(out_dir + "/" + name) != testutil::read_file(launch_dir + "/" + name)) {
+      return std::string(name) + " differs";
+    }
+  }
+  return "";
+}
+
+TEST_P(ParallelShapes, Qcow2DiskReadsAsTheLaunchDisk) {
+  if (!testutil::have_program("qemu-img")) GTEST_SKIP() << "qemu-img not installed (apt-get install -y qemu-utils)";
+  Prepared p(GetParam());
+  const std::string base_disk = testutil::read_file(p.base + "/disk.img");
+  struct Case {
+    EngineKind engine;
+    unsigned threads;
+  };
+  for (Case c : {Case{EngineKind::kSerial, 1}, Case{EngineKind::kParallel, 1}, Case{EngineKind::kParallel, 2},
+                 Case{EngineKind::kParallel, 8}}) {
+    SCOPED_TRACE(std::string(c.engine == EngineKind::kSerial ? "serial" : "parallel") + " threads " +
+                 std::to_string(c.threads));
+    const std::string out = p.dir.sub("out-qcow2");
+    SynthesizeOptions o = testutil::synth_options(p.base, out, c.engine, c.threads);
+    o.disk_format = DiskFormat::kQcow2;
+    SynthesizeStats st = testutil::synthesize_file(p.overlay, o);
+    EXPECT_EQ(st.disk_format, "qcow2");
+    EXPECT_EQ(qcow2_output_difference(out, p.launch, p.base), "");
+    std::filesystem::remove_all(out);
+  }
+  EXPECT_EQ(testutil::read_file(p.base + "/disk.img"), base_disk) << "the base disk changed";
+}
+
+TEST(ParallelSynthesis, Qcow2RefusesADiskOfPartSectors) {
+  TempDir dir("vmsynth-qcow2-odd");
+  VmContent b{testutil::random_bytes(8 * kBlock, 1), testutil::text_bytes(3 * kBlock + 100, 2), "", ""};
+  VmContent l = b;
+  l.disk[5] ^= 1;
+  testutil::write_vm(dir.sub("base"), b);
+  testutil::write_vm(dir.sub("launch"), l);
+  testutil::make_overlay(dir.sub("base"), dir.sub("launch"), dir.sub("app.vmo"));
+  for (EngineKind engine : {EngineKind::kSerial, EngineKind::kParallel}) {
+    SynthesizeOptions o = testutil::synth_options(dir.sub("base"), dir.sub("out"), engine);
+    o.disk_format = DiskFormat::kQcow2;
+    try {
+      testutil::synthesize_file(dir.sub("app.vmo"), o);
+      ADD_FAILURE() << "a 12388-byte disk became a qcow2 image";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kUnsupported);
+      EXPECT_NE(std::string(e.what()).find("--disk-format raw"), std::string::npos) << e.what();
+    }
+    EXPECT_FALSE(std::filesystem::exists(dir.sub("out")));
+    EXPECT_TRUE(testutil::entries_with_prefix(dir.path(), ".out.partial").empty());
+  }
+}
+
+// The base clone runs beside the writer region by region (16 MiB): images of
+// several regions, written while the copy is under way, come out exact.
+TEST(ParallelSynthesis, ImagesOfManyCloneRegionsComeOutExact) {
+  TempDir dir("vmsynth-par-regions");
+  testutil::generate_test_pair(PairSpec::profile("typical", 40 * kMiB, 72 * kMiB, 21), dir.path());
+  testutil::make_overlay(dir.sub("base"), dir.sub("launch"), dir.sub("app.vmo"));
+  for (unsigned threads : {1u, 2u}) {
+    const std::string out = dir.sub("out-" + std::to_string(threads));
+    SynthesizeStats st = testutil::synthesize_file(
+        dir.sub("app.vmo"), testutil::synth_options(dir.sub("base"), out, EngineKind::kParallel, threads));
+    EXPECT_EQ(testutil::vm_dir_difference(out, dir.sub("launch")), "") << threads << " threads";
+    EXPECT_GT(st.blocks_written, 0u);
+  }
+}
 
 TEST(ParallelSynthesis, EveryOpKindIsExercised) {
   Prepared p("every_op_kind");

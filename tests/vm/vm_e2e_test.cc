@@ -251,6 +251,30 @@ TEST(VmEndToEnd, CaptureResumeOverlaySynthesizeResume) {
   }
   vmsynth_json({"vm", "stop", synth_run});
 
+  // 5c. The same with a qcow2 launch disk: only the changed blocks, backed by
+  //     the base's disk.img, which QEMU opens read-only and must not change.
+  //     The VM runs from disk.qcow2 in place and can itself be captured.
+  const std::string synth_q = t / "sq";
+  reaper.watch(synth_q);
+  auto sq = vmsynth_json({"synthesize", "--base", base, "--overlay", vmo, "--out", synth_q, "--launch",
+                          "--disk-format", "qcow2"});
+  EXPECT_EQ(sq.value("disk_format", ""), "qcow2");
+  EXPECT_FALSE(fs::exists(synth_q + "/disk.img"));
+  EXPECT_LT(fs::file_size(synth_q + "/disk.qcow2"), fs::file_size(base + "/disk.img"));
+  ASSERT_TRUE(wait_for_line(synth_q + "/serial.log", "STATUS", seconds(60))) << read_text(synth_q + "/serial.log");
+  {
+    auto c = counters(synth_q + "/serial.log");
+    ASSERT_FALSE(c.empty());
+    EXPECT_EQ(c.front(), launch_counter + 1) << "a qcow2 launch disk must continue the launch VM's counter";
+    EXPECT_FALSE(contains_line(synth_q + "/serial.log", "VMSYNTH-GUEST BOOT")) << "no boot messages again";
+    EXPECT_TRUE(contains_line(synth_q + "/serial.log", "app=running marker=present"))
+        << "the file written on the launch disk must be read through disk.qcow2";
+  }
+  vmsynth_json({"vm", "capture", synth_q, "--out", t / "recaptured"});
+  vmsynth_json({"vm", "stop", synth_q});
+  EXPECT_TRUE(fs::exists(t / "recaptured" + "/disk.img")) << "capture flattens the qcow2 disk to raw";
+  EXPECT_EQ(sha256_file(base + "/disk.img"), base_disk_hash) << "the backing base disk must stay unchanged";
+
   // 6. Cluster case: two copy-on-write clones of the launch VM at once; such
   //    clones cannot be captured (exit code 7 = unsupported).
   for (const char* name : {"c1", "c2"}) {
