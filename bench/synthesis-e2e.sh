@@ -4,15 +4,21 @@
 # For each profile: generate a base/launch pair (vmsynth gen-pair), create its
 # overlay, then run, with interleaved repetitions (the order rotates each
 # repetition):
-#   serial    vmsynth synthesize --engine serial
-#   parallel  vmsynth synthesize --engine parallel --threads T
-#   floor     cp --sparse=always of the finished launch images into the same
-#             filesystem + sync -f: the cost of writing the output with nothing
-#             to decode
+#   serial           vmsynth synthesize --engine serial
+#   parallel         vmsynth synthesize --engine parallel --threads T (io_uring writes)
+#   parallel-pwrite  the same with --no-io-uring (which write path to default to)
+#   qcow2            the parallel engine with --disk-format qcow2: the base disk
+#                    is not copied; disk.qcow2 holds the changed blocks
+#   serial-qcow2     the serial engine with --disk-format qcow2 (the engines
+#                    compared without the base disk copy)
+#   floor            cp --sparse=always of the finished launch images into the same
+#                    filesystem + sync -f: the cost of writing the output with nothing
+#                    to decode
 # Every run is timed by /usr/bin/time (wall seconds, maximum resident set
-# size). Synthesis fsyncs its output before it returns, so both sides are
-# synced. Caches are warm (no drop_caches here). Generated data lives in
-# --data (outside the repository) and is deleted at the end.
+# size, CPU seconds user + system). Synthesis fsyncs its output before it
+# returns, so both sides are synced. Caches are warm (no drop_caches here).
+# Generated data lives in --data (outside the repository) and is deleted at
+# the end.
 #
 # Usage: bench/synthesis-e2e.sh [--vmsynth BIN] [--data DIR] [--memory-mib N]
 #          [--disk-mib N] [--reps N] [--threads N] [--profiles "typical decode-heavy"]
@@ -50,10 +56,11 @@ trap 'rm -rf "$data"/pair-* ' EXIT
 # run NAME PROFILE REP CMD...: appends "profile name rep seconds maxrss_kib".
 run() {
   local name=$1 profile=$2 rep=$3; shift 3
-  /usr/bin/time -f '%e %M' -o "$data/time.txt" "$@" > "$data/last.json"
-  read -r secs rss < "$data/time.txt"
-  printf '%s\t%s\t%s\t%s\t%s\n' "$profile" "$name" "$rep" "$secs" "$rss" >> "$runs"
-  echo "$profile $name rep $rep: ${secs}s, max RSS ${rss} KiB" >&2
+  /usr/bin/time -f '%e %M %U %S' -o "$data/time.txt" "$@" > "$data/last.json"
+  read -r secs rss usr sys < "$data/time.txt"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$profile" "$name" "$rep" "$secs" "$rss" \
+    "$(awk -v u="$usr" -v s="$sys" 'BEGIN { print u + s }')" >> "$runs"
+  echo "$profile $name rep $rep: ${secs}s, max RSS ${rss} KiB, CPU ${usr}+${sys}s" >&2
 }
 
 for profile in $profiles; do
@@ -66,19 +73,24 @@ for profile in $profiles; do
   "$vmsynth" synthesize --base "$pair/base" --overlay "$pair/app.vmo" --out "$pair/out" --force \
     --json > /dev/null
   rm -rf "$pair/out"
-  variants=(serial parallel floor)
+  variants=(serial parallel parallel-pwrite qcow2 serial-qcow2 floor)
   for ((rep = 0; rep < reps; rep++)); do
     for ((i = 0; i < ${#variants[@]}; i++)); do
       v=${variants[$(((i + rep) % ${#variants[@]}))]}
       case $v in
-        serial)
-          run serial "$profile" "$rep" "$vmsynth" synthesize --engine serial --base "$pair/base" \
+        serial | serial-qcow2)
+          extra=()
+          [[ $v == serial-qcow2 ]] && extra=(--disk-format qcow2)
+          run "$v" "$profile" "$rep" "$vmsynth" synthesize --engine serial "${extra[@]}" --base "$pair/base" \
             --overlay "$pair/app.vmo" --out "$pair/out" --json
-          cp "$data/last.json" "$data/serial-$profile.json" ;;
-        parallel)
-          run parallel "$profile" "$rep" "$vmsynth" synthesize --engine parallel --threads "$threads" \
+          cp "$data/last.json" "$data/$v-$profile.json" ;;
+        parallel | parallel-pwrite | qcow2)
+          extra=()
+          [[ $v == parallel-pwrite ]] && extra=(--no-io-uring)
+          [[ $v == qcow2 ]] && extra=(--disk-format qcow2)
+          run "$v" "$profile" "$rep" "$vmsynth" synthesize --engine parallel --threads "$threads" "${extra[@]}" \
             --base "$pair/base" --overlay "$pair/app.vmo" --out "$pair/out" --json
-          cp "$data/last.json" "$data/parallel-$profile.json" ;;
+          cp "$data/last.json" "$data/$v-$profile.json" ;;
         floor)
           mkdir -p "$pair/out"
           run floor "$profile" "$rep" sh -c "cp --sparse=always '$pair/launch/disk.img' '$pair/launch/memory.img' \
@@ -106,17 +118,22 @@ res = {"benchmark": "synthesis-e2e", "date": sh("date", "-Iseconds"), "git_head"
        "parallel_threads": int(threads), "repetitions": int(reps), "profiles": {}}
 for p in profiles.split():
     r = {}
-    for name in ("serial", "parallel", "floor"):
+    names = [n for n in ("serial", "parallel", "parallel-pwrite", "qcow2", "serial-qcow2", "floor") if any(x[0] == p and x[1] == n for x in rows)]
+    for name in names:
         secs = [float(x[3]) for x in rows if x[0] == p and x[1] == name]
         rss = [int(x[4]) for x in rows if x[0] == p and x[1] == name]
-        r[name] = {"seconds": secs, "median_seconds": statistics.median(secs), "max_rss_mib": round(max(rss) / 1024, 1)}
-    r["parallel_vs_serial"] = round(r["parallel"]["median_seconds"] / r["serial"]["median_seconds"], 3)
-    r["parallel_vs_floor"] = round(r["parallel"]["median_seconds"] / r["floor"]["median_seconds"], 3)
-    r["serial_vs_floor"] = round(r["serial"]["median_seconds"] / r["floor"]["median_seconds"], 3)
-    for name in ("serial", "parallel"):
+        cpu = [float(x[5]) for x in rows if x[0] == p and x[1] == name]
+        r[name] = {"seconds": secs, "median_seconds": statistics.median(secs), "max_rss_mib": round(max(rss) / 1024, 1),
+                   "cpu_seconds": cpu, "median_cpu_seconds": statistics.median(cpu)}
+    med = lambda n: r[n]["median_seconds"]
+    for a, b in (("parallel", "serial"), ("parallel", "floor"), ("serial", "floor"), ("parallel-pwrite", "parallel"),
+                 ("qcow2", "floor"), ("qcow2", "parallel"), ("qcow2", "serial"), ("qcow2", "serial-qcow2")):
+        if a in r and b in r:
+            r[f"{a}_vs_{b}".replace("-", "_")] = round(med(a) / med(b), 3)
+    for name in names:
         try:
             j = json.load(open(f"{data}/{name}-{p}.json"))
-            r[name]["last_run"] = {k: j[k] for k in ("seconds", "write_backend", "clone_method", "threads", "overlay_bytes")}
+            r[name]["last_run"] = {k: j.get(k) for k in ("seconds", "write_backend", "clone_method", "disk_format", "threads", "overlay_bytes")}
         except Exception:
             pass
     try:
@@ -125,8 +142,9 @@ for p in profiles.split():
         pass
     res["profiles"][p] = r
 json.dump(res, open(out, "w"), indent=2)
-print(json.dumps({p: {k: v for k, v in r.items() if k.endswith("floor") or k.endswith("serial")}
+print(json.dumps({p: {k: v for k, v in r.items() if "_vs_" in k}
                   for p, r in res["profiles"].items()}, indent=2))
 EOF
-rm -f "$runs" "$data"/time.txt "$data"/last.json "$data"/serial-*.json "$data"/parallel-*.json "$data"/create-*.json
+rm -f "$runs" "$data"/time.txt "$data"/last.json "$data"/serial-*.json "$data"/parallel-*.json "$data"/qcow2-*.json "$data"/serial-qcow2-*.json \
+  "$data"/create-*.json
 echo "results: $out" >&2
