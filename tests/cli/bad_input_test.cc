@@ -4,6 +4,8 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -43,10 +45,13 @@ class BadInput : public ::testing::Test {
   }
 
   // Synthesizes `overlay` and checks the failure contract; returns stderr.
-  std::string expect_failure(const Bytes& overlay, int code, const std::string& needle) {
+  std::string expect_failure(const Bytes& overlay, int code, const std::string& needle,
+                             const std::vector<std::string>& extra = {}) {
     write_file(dir_ / "bad.vmo", overlay);
-    auto r = run_vmsynth({"synthesize", "--base", dir_ / "base", "--overlay", dir_ / "bad.vmo", "--out", dir_ / "out"},
-                         dir_.path());
+    std::vector<std::string> args = {"synthesize", "--base", dir_ / "base", "--overlay", dir_ / "bad.vmo",
+                                     "--out", dir_ / "out"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    auto r = run_vmsynth(args, dir_.path());
     EXPECT_EQ(r.status, code) << r.err;
     EXPECT_NE(r.err.find(needle), std::string::npos) << "stderr: " << r.err;
     EXPECT_FALSE(exists(dir_ / "out"));
@@ -125,6 +130,26 @@ TEST_F(BadInput, FlippedByteInPayload) {
   Bytes bad = good_;
   bad[at + format::kFrameHeaderSize + h.table_stored + h.payload_stored / 2] ^= std::byte{0x01};
   expect_failure(bad, 3, "payload checksum mismatch");
+  // The same with a qcow2 launch disk: nothing left either.
+  expect_failure(bad, 3, "payload checksum mismatch", {"--disk-format", "qcow2"});
+}
+
+TEST_F(BadInput, DiskFormat) {
+  auto r = run_vmsynth({"synthesize", "--base", dir_ / "base", "--overlay", dir_ / "good.vmo", "--out", dir_ / "out",
+                        "--disk-format", "vmdk"},
+                       dir_.path());
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.err.find("--disk-format"), std::string::npos) << r.err;
+  EXPECT_FALSE(exists(dir_ / "out"));
+  r = run_vmsynth({"synthesize", "--base", dir_ / "base", "--overlay", dir_ / "good.vmo", "--out", dir_ / "out",
+                   "--disk-format", "qcow2", "--json"},
+                  dir_.path());
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(nlohmann::json::parse(r.out).value("disk_format", ""), "qcow2");
+  EXPECT_TRUE(exists(dir_ / "out/disk.qcow2"));
+  EXPECT_FALSE(exists(dir_ / "out/disk.img"));
+  EXPECT_EQ(read_file(dir_ / "out/memory.img"), read_file(dir_ / "launch/memory.img"));
+  EXPECT_EQ(tree_hash(dir_ / "base"), base_hash_);
 }
 
 TEST_F(BadInput, WrongBase) {
