@@ -145,7 +145,13 @@ std::string LaunchOutput::clone_images_beside_writer(io::CloneMethod method, con
   for (unsigned i = 0; i < format::kImageCount; ++i) {
     if (!mapped(i)) raw.push_back(i);
   }
-  for (unsigned i : raw) trackers_[i] = std::make_unique<CloneTracker>(header_.launch_size[i]);
+  {
+    std::lock_guard lock(trackers_mu_);
+    for (unsigned i : raw) {
+      trackers_[i] = std::make_unique<CloneTracker>(header_.launch_size[i]);
+      if (clone_cancelled_) trackers_[i]->cancel();
+    }
+  }
   std::atomic<unsigned> waiting{static_cast<unsigned>(raw.size())};
   std::string used;
   auto clone_one = [&](unsigned i) {
@@ -186,6 +192,14 @@ std::string LaunchOutput::clone_images_beside_writer(io::CloneMethod method, con
   }
   if (other_error) std::rethrow_exception(other_error);
   return used;
+}
+
+void LaunchOutput::cancel_clone() {
+  std::lock_guard lock(trackers_mu_);
+  clone_cancelled_ = true;
+  for (auto& t : trackers_) {
+    if (t) t->cancel();
+  }
 }
 
 void LaunchOutput::write_block(format::BlockAddress a, std::span<const std::byte> block) {

@@ -14,6 +14,7 @@
 #include <array>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <span>
 #include <string>
 
@@ -54,12 +55,9 @@ class LaunchOutput {
   void before_write(unsigned i, uint64_t offset, uint64_t len) {
     if (trackers_[i]) trackers_[i]->before_write(offset, len);
   }
-  // Stops a clone_images_beside_writer at its next region (the synthesis failed).
-  void cancel_clone() {
-    for (auto& t : trackers_) {
-      if (t) t->cancel();
-    }
-  }
+  // Stops a clone_images_beside_writer at its next region, or before it
+  // starts (the synthesis failed). Any thread.
+  void cancel_clone();
   io::File& image(unsigned i) { return i == format::kImageDisk && qcow2_ ? qcow2_->file() : images_[i]; }
   uint64_t image_size(unsigned i) const { return header_.launch_size[i]; }
   DiskFormat disk_format() const { return disk_format_; }
@@ -115,6 +113,8 @@ class LaunchOutput {
   void create_qcow2_disk();
 
   std::unique_ptr<io::Qcow2Writer> qcow2_;
+  std::mutex trackers_mu_;  // trackers_ are created on the clone thread, cancelled from another
+  bool clone_cancelled_ = false;
   std::array<std::unique_ptr<CloneTracker>, format::kImageCount> trackers_;
   io::File base_disk_;  // qcow2: read for blocks the disk does not hold
 };
