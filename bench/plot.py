@@ -5,7 +5,10 @@
   e2e-<date>-synthesis-time.png   synthesis time (median), vmsynth vs peers, per pair
   e2e-<date>-threads.png          vmsynth parallel speedup over serial vs threads
   e2e-<date>-stages.png           per-stage time of vmsynth create and synthesize (--json)
-  e2e-<date>-time-to-vm.png       time until the launch VM is ready vs link speed
+  e2e-<date>-time-to-vm.png       time until the launch VM is ready vs link speed (full-VM pairs:
+                                  dashed = until it runs, i.e. + the measured resume)
+  --markdown                      the tables of docs/performance.md; full-VM pairs also get a
+                                  "time to a running launch VM" table (resume phase)
 
 Usage: bench/plot.py perf-data/e2e-DATE.json [--out-dir perf-data]
 Bars of a contender that refused or timed out are absent and labelled.
@@ -159,6 +162,9 @@ def main():
                 continue
             ys = [x.get("median_seconds", x.get("seconds")) for _, x in pts]
             ax.plot([m for m, _ in pts], ys, marker="o", color=COLORS[n], label=n)
+            run_ys = [x.get("running_seconds") for _, x in pts]
+            if all(y is not None for y in run_ys):
+                ax.plot([m for m, _ in pts], run_ys, ls="--", marker=".", color=COLORS[n], label=f"{n}, running")
             for (m, x), y in zip(pts, ys):
                 if x.get("how", "").startswith("measured"):
                     ax.plot([m], [y], marker="o", mfc="none", mec="black", ms=10)
@@ -167,7 +173,7 @@ def main():
         ax.set_xticks(speeds)
         ax.set_xticklabels([str(m) for m in speeds])
         ax.set_xlabel("link (Mbit/s)")
-        ax.set_ylabel("seconds until images ready")
+        ax.set_ylabel("seconds until images ready" + (" / VM running (dashed)" if "resume" in P[p] else ""))
         ax.set_title(p, fontsize=9)
         ax.legend(fontsize=7, title="circled = measured", title_fontsize=6)
     save(fig, "time-to-vm")
@@ -221,9 +227,28 @@ def markdown(r):
                 v = x.get("median_seconds", x.get("seconds"))
                 tag = "measured" if x["how"].startswith("measured") else "model"
                 extra = f", pipelined bound {x['pipelined_bound_seconds']:.1f}" if "pipelined_bound_seconds" in x else ""
-                cells.append(f"{v:.1f} ({tag}{extra})" + (" †" if x.get("supplementary") else ""))
+                run = f"; running {x['running_seconds']:.1f}" if "running_seconds" in x else ""
+                cells.append(f"{v:.1f} ({tag}{extra}{run})" + (" †" if x.get("supplementary") else ""))
             print(f"| {m} Mbit/s | " + " | ".join(cells) + " |")
         print()
+        if "resume" in p and "error" in p["resume"]:
+            print(f"Resume phase failed: {p['resume']['error'][:200]}\n")
+        elif "resume" in p:
+            rs = p["resume"]
+            v = rs["vmsynth"]
+            reps = v.get("repetitions", len(v.get("seconds", [])))
+            print("| time to a running launch VM (local overlay) | seconds, median | how |")
+            print("|---|---|---|")
+            print(f"| vmsynth synthesize --launch | {v['median_first_byte_to_running_seconds']:.2f}"
+                  f"{'' if reps >= 3 else f' [n={reps}]'} | measured, first overlay byte -> guest running; "
+                  f"resume alone {v['median_resume_seconds'] * 1e3:.0f} ms; running={v.get('all_running')}, "
+                  f"guest printed={v.get('all_guests_printed')} |")
+            for n, c in rs.items():
+                if n == "vmsynth" or not isinstance(c, dict):
+                    continue
+                print(f"| {n} | {c['seconds']:.2f}{' †' if c.get('supplementary') else ''} | model: synthesis "
+                      f"{c['synthesis_seconds']:.2f} + vmsynth resume {c['resume_seconds'] * 1e3:.0f} ms |")
+            print()
 
 
 if __name__ == "__main__":
