@@ -85,31 +85,28 @@ uint32_t Qcow2Writer::subcluster_mask(uint64_t offset, uint64_t len, const char*
   return count == kSubclusters ? ~uint32_t{0} : ((uint32_t{1} << count) - 1) << first;
 }
 
-uint64_t Qcow2Writer::allocate(uint64_t offset, uint64_t len) {
-  const uint32_t mask = subcluster_mask(offset, len, "write");
+Qcow2Writer::Entry Qcow2Writer::entry_for(uint64_t offset, uint64_t len, const char* what) {
+  const uint32_t mask = subcluster_mask(offset, len, what);
   const uint64_t gc = offset / kClusterSize;
   L2& t = table_for(gc);
-  const uint64_t i = gc % kL2Entries;
-  uint64_t e = t.entry[i].load(std::memory_order_relaxed);
-  if (e == 0) {
-    e = (next_cluster_++ * kClusterSize) | kCopied;
-  }
-  uint64_t bm = t.bitmap[i].load(std::memory_order_relaxed);
-  bm = (bm | mask) & ~(uint64_t{mask} << 32);
+  return {t.entry[gc % kL2Entries], t.bitmap[gc % kL2Entries], mask};
+}
+
+uint64_t Qcow2Writer::allocate(uint64_t offset, uint64_t len) {
+  Entry x = entry_for(offset, len, "write");
+  uint64_t e = x.entry.load(std::memory_order_relaxed);
+  if (e == 0) e = (next_cluster_++ * kClusterSize) | kCopied;
+  const uint64_t bm = (x.bitmap.load(std::memory_order_relaxed) | x.mask) & ~(uint64_t{x.mask} << 32);
   // The bitmap first: a reader that sees the entry also sees its bits.
-  t.bitmap[i].store(bm, std::memory_order_release);
-  t.entry[i].store(e, std::memory_order_release);
+  x.bitmap.store(bm, std::memory_order_release);
+  x.entry.store(e, std::memory_order_release);
   return (e & kOffsetMask) + offset % kClusterSize;
 }
 
 void Qcow2Writer::set_zero(uint64_t offset, uint64_t len) {
-  const uint32_t mask = subcluster_mask(offset, len, "zeroing");
-  const uint64_t gc = offset / kClusterSize;
-  L2& t = table_for(gc);
-  const uint64_t i = gc % kL2Entries;
-  uint64_t bm = t.bitmap[i].load(std::memory_order_relaxed);
-  bm = (bm & ~uint64_t{mask}) | (uint64_t{mask} << 32);
-  t.bitmap[i].store(bm, std::memory_order_release);
+  Entry x = entry_for(offset, len, "zeroing");
+  const uint64_t bm = (x.bitmap.load(std::memory_order_relaxed) & ~uint64_t{x.mask}) | (uint64_t{x.mask} << 32);
+  x.bitmap.store(bm, std::memory_order_release);
 }
 
 Qcow2Writer::Location Qcow2Writer::lookup(uint64_t offset) const {

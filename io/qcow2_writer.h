@@ -93,6 +93,14 @@ class Qcow2Writer {
   };
   static constexpr uint64_t kL2Entries = kClusterSize / 16;
 
+  // The L2 entry of the cluster holding [offset, offset + len) and the
+  // subclusters the range covers (range rules of allocate()).
+  struct Entry {
+    std::atomic<uint64_t>& entry;
+    std::atomic<uint64_t>& bitmap;
+    uint32_t mask;
+  };
+  Entry entry_for(uint64_t offset, uint64_t len, const char* what);
   L2& table_for(uint64_t guest_cluster);
   uint32_t subcluster_mask(uint64_t offset, uint64_t len, const char* what) const;
 
