@@ -220,12 +220,7 @@ void LaunchOutput::zero_block(format::BlockAddress a) {
 
 void LaunchOutput::zero_range(unsigned i, uint64_t offset, uint64_t len) {
   if (!mapped(i)) throw Error(ErrorCode::kUsage, "zero_range is for a qcow2 disk");
-  for (uint64_t done = 0; done < len;) {
-    const uint64_t at = offset + done;
-    const uint64_t n = std::min(len - done, io::Qcow2Writer::kClusterSize - at % io::Qcow2Writer::kClusterSize);
-    qcow2_->set_zero(at, n);
-    done += n;
-  }
+  for_each_cluster_piece(offset, len, [&](uint64_t at, uint64_t, uint64_t n) { qcow2_->set_zero(at, n); });
 }
 
 void LaunchOutput::read_block(format::BlockAddress a, std::span<std::byte> out) const {

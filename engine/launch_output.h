@@ -86,12 +86,8 @@ class LaunchOutput {
       fn(offset, uint64_t{0}, len);
       return;
     }
-    for (uint64_t done = 0; done < len;) {
-      const uint64_t at = offset + done;
-      const uint64_t n = std::min(len - done, io::Qcow2Writer::kClusterSize - at % io::Qcow2Writer::kClusterSize);
-      fn(qcow2_->allocate(at, n), done, n);
-      done += n;
-    }
+    for_each_cluster_piece(offset, len,
+                           [&](uint64_t at, uint64_t done, uint64_t n) { fn(qcow2_->allocate(at, n), done, n); });
   }
   // Marks image bytes [offset, offset + len) of a qcow2 disk as zeros.
   void zero_range(unsigned i, uint64_t offset, uint64_t len);
@@ -111,6 +107,17 @@ class LaunchOutput {
   io::StagedDirectory staged_;
   std::array<io::File, format::kImageCount> images_;
   void create_qcow2_disk();
+  // Calls fn(image_offset, run_offset, length) for the pieces of
+  // [offset, offset + len) that lie in one qcow2 cluster each.
+  template <class Fn>
+  static void for_each_cluster_piece(uint64_t offset, uint64_t len, Fn&& fn) {
+    for (uint64_t done = 0; done < len;) {
+      const uint64_t at = offset + done;
+      const uint64_t n = std::min(len - done, io::Qcow2Writer::kClusterSize - at % io::Qcow2Writer::kClusterSize);
+      fn(at, done, n);
+      done += n;
+    }
+  }
 
   std::unique_ptr<io::Qcow2Writer> qcow2_;
   std::mutex trackers_mu_;  // trackers_ are created on the clone thread, cancelled from another
