@@ -5,8 +5,9 @@
 # overlay, then run, with interleaved repetitions (the order rotates each
 # repetition):
 #   serial           vmsynth synthesize --engine serial
-#   parallel         vmsynth synthesize --engine parallel --threads T (io_uring writes)
-#   parallel-pwrite  the same with --no-io-uring (which write path to default to)
+#   parallel         vmsynth synthesize --engine parallel --threads T (default
+#                    write backend: auto, which is pwrite on ext4)
+#   parallel-io_uring  the same with --write-backend io_uring (what auto passes up)
 #   qcow2            the parallel engine with --disk-format qcow2: the base disk
 #                    is not copied; disk.qcow2 holds the changed blocks
 #   serial-qcow2     the serial engine with --disk-format qcow2 (the engines
@@ -73,7 +74,7 @@ for profile in $profiles; do
   "$vmsynth" synthesize --base "$pair/base" --overlay "$pair/app.vmo" --out "$pair/out" --force \
     --json > /dev/null
   rm -rf "$pair/out"
-  variants=(serial parallel parallel-pwrite qcow2 serial-qcow2 floor)
+  variants=(serial parallel parallel-io_uring qcow2 serial-qcow2 floor)
   for ((rep = 0; rep < reps; rep++)); do
     for ((i = 0; i < ${#variants[@]}; i++)); do
       v=${variants[$(((i + rep) % ${#variants[@]}))]}
@@ -84,9 +85,9 @@ for profile in $profiles; do
           run "$v" "$profile" "$rep" "$vmsynth" synthesize --engine serial "${extra[@]}" --base "$pair/base" \
             --overlay "$pair/app.vmo" --out "$pair/out" --json
           cp "$data/last.json" "$data/$v-$profile.json" ;;
-        parallel | parallel-pwrite | qcow2)
+        parallel | parallel-io_uring | qcow2)
           extra=()
-          [[ $v == parallel-pwrite ]] && extra=(--no-io-uring)
+          [[ $v == parallel-io_uring ]] && extra=(--write-backend io_uring)
           [[ $v == qcow2 ]] && extra=(--disk-format qcow2)
           run "$v" "$profile" "$rep" "$vmsynth" synthesize --engine parallel --threads "$threads" "${extra[@]}" \
             --base "$pair/base" --overlay "$pair/app.vmo" --out "$pair/out" --json
@@ -118,7 +119,7 @@ res = {"benchmark": "synthesis-e2e", "date": sh("date", "-Iseconds"), "git_head"
        "parallel_threads": int(threads), "repetitions": int(reps), "profiles": {}}
 for p in profiles.split():
     r = {}
-    names = [n for n in ("serial", "parallel", "parallel-pwrite", "qcow2", "serial-qcow2", "floor") if any(x[0] == p and x[1] == n for x in rows)]
+    names = [n for n in ("serial", "parallel", "parallel-io_uring", "qcow2", "serial-qcow2", "floor") if any(x[0] == p and x[1] == n for x in rows)]
     for name in names:
         secs = [float(x[3]) for x in rows if x[0] == p and x[1] == name]
         rss = [int(x[4]) for x in rows if x[0] == p and x[1] == name]
@@ -126,14 +127,14 @@ for p in profiles.split():
         r[name] = {"seconds": secs, "median_seconds": statistics.median(secs), "max_rss_mib": round(max(rss) / 1024, 1),
                    "cpu_seconds": cpu, "median_cpu_seconds": statistics.median(cpu)}
     med = lambda n: r[n]["median_seconds"]
-    for a, b in (("parallel", "serial"), ("parallel", "floor"), ("serial", "floor"), ("parallel-pwrite", "parallel"),
+    for a, b in (("parallel", "serial"), ("parallel", "floor"), ("serial", "floor"), ("parallel-io_uring", "parallel"),
                  ("qcow2", "floor"), ("qcow2", "parallel"), ("qcow2", "serial"), ("qcow2", "serial-qcow2")):
         if a in r and b in r:
             r[f"{a}_vs_{b}".replace("-", "_")] = round(med(a) / med(b), 3)
     for name in names:
         try:
             j = json.load(open(f"{data}/{name}-{p}.json"))
-            r[name]["last_run"] = {k: j.get(k) for k in ("seconds", "write_backend", "clone_method", "disk_format", "threads", "overlay_bytes")}
+            r[name]["last_run"] = {k: j.get(k) for k in ("seconds", "write_backend", "write_backend_reason", "clone_method", "disk_format", "threads", "overlay_bytes")}
         except Exception:
             pass
     try:
@@ -145,6 +146,6 @@ json.dump(res, open(out, "w"), indent=2)
 print(json.dumps({p: {k: v for k, v in r.items() if "_vs_" in k}
                   for p, r in res["profiles"].items()}, indent=2))
 EOF
-rm -f "$runs" "$data"/time.txt "$data"/last.json "$data"/serial-*.json "$data"/parallel-*.json "$data"/qcow2-*.json "$data"/serial-qcow2-*.json \
+rm -f "$runs" "$data"/time.txt "$data"/last.json "$data"/serial-*.json "$data"/parallel*.json "$data"/qcow2-*.json "$data"/serial-qcow2-*.json \
   "$data"/create-*.json
 echo "results: $out" >&2

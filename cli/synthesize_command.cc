@@ -60,7 +60,8 @@ class FirstByteClock : public io::ByteSource {
 
 void add_synthesize_command(CLI::App& app) {
   struct Args {
-    std::string base, overlay, out, engine = "parallel", clone = "auto", disk_format = "raw";
+    std::string base, overlay, out, engine = "parallel", clone = "auto", disk_format = "raw",
+                write_backend = "auto";
     unsigned threads = 0, queue_depth = 64;
     uint64_t memory_mib = 256;
     bool force = false, json = false, no_uring = false, launch = false;
@@ -86,8 +87,13 @@ void add_synthesize_command(CLI::App& app) {
                 "qcow2 (disk.qcow2: only the changed blocks, backed by the base's disk.img, which is not copied; "
                 "the base disk must then stay in place and unchanged while the launch VM exists)")
       ->check(CLI::IsMember({"raw", "qcow2"}));
-  c->add_flag("--no-io-uring", args->no_uring,
-              "Write with pwrite instead of io_uring (also: environment VMSYNTH_NO_IO_URING=1)");
+  CLI::Option* backend = c->add_option("--write-backend", args->write_backend,
+                "Parallel engine writes: auto (default: io_uring where the output's filesystem completes buffered "
+                "writes without blocking, else pwrite; on ext4 and tmpfs io_uring would hand every write to a "
+                "kernel worker), io_uring, or pwrite. io_uring falls back to pwrite with a notice where the kernel "
+                "refuses it; environment VMSYNTH_NO_IO_URING=1 forces pwrite")
+      ->check(CLI::IsMember({"auto", "io_uring", "pwrite"}));
+  c->add_flag("--no-io-uring", args->no_uring, "Same as --write-backend pwrite")->excludes(backend);
   c->add_option("--queue-depth", args->queue_depth, "io_uring queue depth, 1-4096 (default 64)")
       ->check(CLI::Range(1u, 4096u));
   c->add_option("--memory-mib", args->memory_mib, "Parallel engine: MiB of frames in flight, >= 16 (default 256)")
@@ -107,7 +113,7 @@ void add_synthesize_command(CLI::App& app) {
     o.force = args->force;
     o.clone = io::parse_clone_method(args->clone);
     o.disk_format = parse_disk_format(args->disk_format);
-    o.force_pwrite = args->no_uring;
+    o.write_backend = args->no_uring ? WriteBackend::kPwrite : parse_write_backend(args->write_backend);
     o.queue_depth = args->queue_depth;
     o.memory_budget = args->memory_mib << 20;
     o.key = args->key.load();
@@ -130,7 +136,7 @@ void add_synthesize_command(CLI::App& app) {
       first_byte_to_running_ms =
           std::chrono::duration<double, std::milli>(FirstByteClock::Clock::now() - *src.first_byte()).count();
     }
-    if (!s.write_fallback.empty() && !args->no_uring) {
+    if (!s.write_fallback.empty()) {
       std::fprintf(stderr, "vmsynth: notice: io_uring unavailable (%s); writing with pwrite\n",
                    s.write_fallback.c_str());
     }
@@ -144,6 +150,7 @@ void add_synthesize_command(CLI::App& app) {
                           {"engine", s.engine},
                           {"threads", s.threads},
                           {"write_backend", s.write_backend},
+                          {"write_backend_reason", s.write_choice.empty() ? s.write_fallback : s.write_choice},
                           {"clone_method", s.clone_method},
                           {"disk_format", s.disk_format},
                           {"base_id", s.base_id.hex()},

@@ -81,9 +81,13 @@ constexpr uint64_t kSlotWorstCaseBytes = 9ull << 20;
 // Slots in flight: memory_budget / kSlotWorstCaseBytes, clamped to this range.
 constexpr uint64_t kMinSlots = 2;
 constexpr uint64_t kMaxSlots = 256;
-// ...and to at most kSlotsPerThread per decoding thread plus kExtraSlots.
-constexpr uint64_t kSlotsPerThread = 3;
-constexpr uint64_t kExtraSlots = 4;
+// ...and to at most kSlotsPerThread per decoding thread plus kExtraSlots (one
+// being read, one being written). More slots than that did not go faster and
+// cost CPU: on a 2 GiB + 8 GiB decode-heavy pair, 10 slots took 2.75-2.9 s of
+// user CPU where 3 took 2.0-2.45 s (zstd decoding into buffers that had left
+// the cache while the other slots were in use; docs/performance.md).
+constexpr uint64_t kSlotsPerThread = 1;
+constexpr uint64_t kExtraSlots = 2;
 // A slot buffer that grew beyond this (a big opaque file) is freed after use.
 constexpr size_t kKeepBufferBytes = 8u << 20;
 
@@ -295,7 +299,9 @@ class ParallelSynthesis {
     if (cancel_requested()) throw_if_cancelled();
     if (auto e = errors_.get()) std::rethrow_exception(e);
     st_.write_backend = std::string(queue_->backend());
-    if (!opts_.force_pwrite) st_.write_fallback = std::string(queue_->fallback_reason());
+    if (opts_.write_backend != WriteBackend::kPwrite && st_.write_choice.empty()) {
+      st_.write_fallback = std::string(queue_->fallback_reason());
+    }
   }
 
  private:
@@ -501,7 +507,11 @@ class ParallelSynthesis {
     clone_started_.get();  // rethrows a clone failure
     io::WriteQueueOptions qo;
     qo.queue_depth = opts_.queue_depth;
-    qo.force_pwrite = opts_.force_pwrite;
+    qo.force_pwrite = opts_.write_backend == WriteBackend::kPwrite;
+    if (opts_.write_backend == WriteBackend::kAuto) {
+      st_.write_choice = io::probe_nowait_buffered_writes(out_.staging_path());
+      qo.force_pwrite = !st_.write_choice.empty();
+    }
     std::vector<int> fds;
     std::vector<std::string> names;
     for (unsigned i = 0; i < format::kImageCount; ++i) {
@@ -616,6 +626,25 @@ class ParallelSynthesis {
 
 }  // namespace
 
+std::string_view write_backend_name(WriteBackend b) {
+  switch (b) {
+    case WriteBackend::kAuto:
+      return "auto";
+    case WriteBackend::kIoUring:
+      return "io_uring";
+    case WriteBackend::kPwrite:
+      return "pwrite";
+  }
+  return "unknown";
+}
+
+WriteBackend parse_write_backend(std::string_view name) {
+  for (WriteBackend b : {WriteBackend::kAuto, WriteBackend::kIoUring, WriteBackend::kPwrite}) {
+    if (name == write_backend_name(b)) return b;
+  }
+  throw Error(ErrorCode::kUsage, "unknown write backend '" + std::string(name) + "'; use auto, io_uring or pwrite");
+}
+
 SynthesizeStats synthesize_parallel(io::ByteSource& src, const SynthesizeOptions& opts) {
   const Stopwatch total;
   if (opts.memory_budget < (16u << 20)) {
@@ -634,8 +663,7 @@ SynthesizeStats synthesize_parallel(io::ByteSource& src, const SynthesizeOptions
 
   const unsigned threads =
       opts.threads == 0 ? static_cast<unsigned>(std::max(1, tbb::info::default_concurrency())) : opts.threads;
-  // More slots than the stages can use only cost memory: a few per decoding
-  // thread cover the reader's lead, the writer's queue and parked frames.
+  // More slots than the stages can use only cost memory and cache.
   const auto slot_count = static_cast<unsigned>(std::clamp<uint64_t>(
       std::min<uint64_t>(opts.memory_budget / kSlotWorstCaseBytes, kSlotsPerThread * threads + kExtraSlots), kMinSlots,
       kMaxSlots));
