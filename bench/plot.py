@@ -116,18 +116,26 @@ def main():
     ax.set_title("Synthesis time: base + overlay -> launch images, synced (lower is better)")
     save(fig, "synthesis-time")
 
-    # Threads.
+    # Threads: speedup over the serial engine, for pairs where both ran.
     fig, ax = plt.subplots(figsize=(6, 4))
+    plotted = 0
     for p in pairs:
         s = P[p]["synthesize"]
-        serial = s["vmsynth-serial"]["median_seconds"]
+        serial = s.get("vmsynth-serial", {}).get("median_seconds")
         ts = sorted(int(n.rsplit("-", 1)[1]) for n in s if n.startswith("vmsynth-parallel-"))
+        if not serial or not ts:
+            continue
         ax.plot(ts, [serial / s[f"vmsynth-parallel-{t}"]["median_seconds"] for t in ts], marker="o", label=p)
+        plotted += 1
+    if plotted == 0:
+        ax.text(0.5, 0.5, "not measured (needs vmsynth-serial and vmsynth-parallel-N)",
+                ha="center", va="center", transform=ax.transAxes, fontsize=8)
     ax.axhline(1, color="grey", lw=0.5)
     ax.set_xlabel("threads")
     ax.set_ylabel("speedup over --engine serial")
     ax.set_title(f"vmsynth parallel synthesis ({r['machine']['cores']} cores)")
-    ax.legend(fontsize=7)
+    if plotted:
+        ax.legend(fontsize=7)
     save(fig, "threads")
 
     # Stages (from the last run's --json).
@@ -135,7 +143,7 @@ def main():
     for ax, (phase, contender) in zip(axes, (("create", "vmsynth-default"), ("synthesize", "vmsynth-parallel-%d" % r["config"]["threads"]))):
         stages = []
         for p in pairs:
-            runs = [x for x in P[p][phase][contender]["runs"] if "vmsynth_json" in x]
+            runs = [x for x in P[p][phase].get(contender, {}).get("runs", []) if "vmsynth_json" in x]
             secs = runs[-1]["vmsynth_json"]["seconds"] if runs else {}
             stages.append({k: v for k, v in secs.items() if k != "total"})
         keys = sorted({k for s in stages for k in s})

@@ -1,6 +1,7 @@
 #include "engine/launch_output.h"
 
 #include <dirent.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -267,6 +268,13 @@ void LaunchOutput::apply_file_frame(codec::FrameCodec& codec, const format::Fram
   if (hash128(content) != rec.hash) throw_corrupt(name + " does not match its recorded hash");
   io::File f = io::File::create(staged_.path() + "/" + name);
   f.pwrite_full(content, 0);
+}
+
+void LaunchOutput::start_writeback() {
+  for (unsigned i = 0; i < format::kImageCount; ++i) {
+    const io::File& f = image(i);
+    if (f.valid()) (void)::sync_file_range(f.fd(), 0, 0, SYNC_FILE_RANGE_WRITE);
+  }
 }
 
 void LaunchOutput::commit() {

@@ -98,6 +98,13 @@ class LaunchOutput {
   void apply_file_frame(codec::FrameCodec& codec, const format::FrameHeader& h, std::span<const std::byte> table,
                         std::span<const std::byte> payload);
 
+  // Starts writeback of what the output images hold so far without waiting
+  // for it (sync_file_range SYNC_FILE_RANGE_WRITE), so that commit()'s fsync
+  // finds less to do. May block while the device queue is full: call it from
+  // a thread that nothing waits for. Best effort (errors surface in commit()).
+  // Any thread, once the images exist (clone_images_beside_writer's `started`).
+  void start_writeback();
+
   // Completes a qcow2 disk, syncs every file, then renames the staging
   // directory to out_dir.
   void commit();
