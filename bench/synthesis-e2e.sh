@@ -5,9 +5,8 @@
 # overlay, then run, with interleaved repetitions (the order rotates each
 # repetition):
 #   serial           vmsynth synthesize --engine serial
-#   parallel         vmsynth synthesize --engine parallel --threads T (default
-#                    write backend: auto, which is pwrite on ext4)
-#   parallel-io_uring  the same with --write-backend io_uring (what auto passes up)
+#   parallel         vmsynth synthesize --engine parallel --threads T (io_uring writes)
+#   parallel-pwrite  the same with --write-backend pwrite (which write path to default to)
 #   qcow2            the parallel engine with --disk-format qcow2: the base disk
 #                    is not copied; disk.qcow2 holds the changed blocks
 #   serial-qcow2     the serial engine with --disk-format qcow2 (the engines
@@ -74,7 +73,7 @@ for profile in $profiles; do
   "$vmsynth" synthesize --base "$pair/base" --overlay "$pair/app.vmo" --out "$pair/out" --force \
     --json > /dev/null
   rm -rf "$pair/out"
-  variants=(serial parallel parallel-io_uring qcow2 serial-qcow2 floor)
+  variants=(serial parallel parallel-pwrite qcow2 serial-qcow2 floor)
   for ((rep = 0; rep < reps; rep++)); do
     for ((i = 0; i < ${#variants[@]}; i++)); do
       v=${variants[$(((i + rep) % ${#variants[@]}))]}
@@ -85,9 +84,9 @@ for profile in $profiles; do
           run "$v" "$profile" "$rep" "$vmsynth" synthesize --engine serial "${extra[@]}" --base "$pair/base" \
             --overlay "$pair/app.vmo" --out "$pair/out" --json
           cp "$data/last.json" "$data/$v-$profile.json" ;;
-        parallel | parallel-io_uring | qcow2)
+        parallel | parallel-pwrite | qcow2)
           extra=()
-          [[ $v == parallel-io_uring ]] && extra=(--write-backend io_uring)
+          [[ $v == parallel-pwrite ]] && extra=(--write-backend pwrite)
           [[ $v == qcow2 ]] && extra=(--disk-format qcow2)
           run "$v" "$profile" "$rep" "$vmsynth" synthesize --engine parallel --threads "$threads" "${extra[@]}" \
             --base "$pair/base" --overlay "$pair/app.vmo" --out "$pair/out" --json
@@ -119,7 +118,7 @@ res = {"benchmark": "synthesis-e2e", "date": sh("date", "-Iseconds"), "git_head"
        "parallel_threads": int(threads), "repetitions": int(reps), "profiles": {}}
 for p in profiles.split():
     r = {}
-    names = [n for n in ("serial", "parallel", "parallel-io_uring", "qcow2", "serial-qcow2", "floor") if any(x[0] == p and x[1] == n for x in rows)]
+    names = [n for n in ("serial", "parallel", "parallel-pwrite", "qcow2", "serial-qcow2", "floor") if any(x[0] == p and x[1] == n for x in rows)]
     for name in names:
         secs = [float(x[3]) for x in rows if x[0] == p and x[1] == name]
         rss = [int(x[4]) for x in rows if x[0] == p and x[1] == name]
@@ -127,7 +126,7 @@ for p in profiles.split():
         r[name] = {"seconds": secs, "median_seconds": statistics.median(secs), "max_rss_mib": round(max(rss) / 1024, 1),
                    "cpu_seconds": cpu, "median_cpu_seconds": statistics.median(cpu)}
     med = lambda n: r[n]["median_seconds"]
-    for a, b in (("parallel", "serial"), ("parallel", "floor"), ("serial", "floor"), ("parallel-io_uring", "parallel"),
+    for a, b in (("parallel", "serial"), ("parallel", "floor"), ("serial", "floor"), ("parallel-pwrite", "parallel"),
                  ("qcow2", "floor"), ("qcow2", "parallel"), ("qcow2", "serial"), ("qcow2", "serial-qcow2")):
         if a in r and b in r:
             r[f"{a}_vs_{b}".replace("-", "_")] = round(med(a) / med(b), 3)

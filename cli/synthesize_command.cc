@@ -61,7 +61,7 @@ class FirstByteClock : public io::ByteSource {
 void add_synthesize_command(CLI::App& app) {
   struct Args {
     std::string base, overlay, out, engine = "parallel", clone = "auto", disk_format = "raw",
-                write_backend = "auto";
+                write_backend = "io_uring";
     unsigned threads = 0, queue_depth = 64;
     uint64_t memory_mib = 256;
     bool force = false, json = false, no_uring = false, launch = false;
@@ -88,11 +88,9 @@ void add_synthesize_command(CLI::App& app) {
                 "the base disk must then stay in place and unchanged while the launch VM exists)")
       ->check(CLI::IsMember({"raw", "qcow2"}));
   CLI::Option* backend = c->add_option("--write-backend", args->write_backend,
-                "Parallel engine writes: auto (default: io_uring where the output's filesystem completes buffered "
-                "writes without blocking, else pwrite; on ext4 and tmpfs io_uring would hand every write to a "
-                "kernel worker), io_uring, or pwrite. io_uring falls back to pwrite with a notice where the kernel "
-                "refuses it; environment VMSYNTH_NO_IO_URING=1 forces pwrite")
-      ->check(CLI::IsMember({"auto", "io_uring", "pwrite"}));
+                "Parallel engine writes: io_uring (default; falls back to pwrite with a notice where the kernel "
+                "refuses it) or pwrite (also: environment VMSYNTH_NO_IO_URING=1)")
+      ->check(CLI::IsMember({"io_uring", "pwrite"}));
   c->add_flag("--no-io-uring", args->no_uring, "Same as --write-backend pwrite")->excludes(backend);
   c->add_option("--queue-depth", args->queue_depth, "io_uring queue depth, 1-4096 (default 64)")
       ->check(CLI::Range(1u, 4096u));
@@ -150,7 +148,7 @@ void add_synthesize_command(CLI::App& app) {
                           {"engine", s.engine},
                           {"threads", s.threads},
                           {"write_backend", s.write_backend},
-                          {"write_backend_reason", s.write_choice.empty() ? s.write_fallback : s.write_choice},
+                          {"write_backend_reason", s.write_fallback},
                           {"clone_method", s.clone_method},
                           {"disk_format", s.disk_format},
                           {"base_id", s.base_id.hex()},

@@ -60,8 +60,6 @@ class LaunchOutput {
   void cancel_clone();
   io::File& image(unsigned i) { return i == format::kImageDisk && qcow2_ ? qcow2_->file() : images_[i]; }
   uint64_t image_size(unsigned i) const { return header_.launch_size[i]; }
-  // The directory the output is built in (renamed to out_dir by commit()).
-  const std::string& staging_path() const { return staged_.path(); }
   DiskFormat disk_format() const { return disk_format_; }
   // True when writes to image i need place(): a qcow2 disk.
   bool mapped(unsigned i) const { return i == format::kImageDisk && disk_format_ == DiskFormat::kQcow2; }

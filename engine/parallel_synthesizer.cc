@@ -303,7 +303,7 @@ class ParallelSynthesis {
     if (cancel_requested()) throw_if_cancelled();
     if (auto e = errors_.get()) std::rethrow_exception(e);
     st_.write_backend = std::string(queue_->backend());
-    if (opts_.write_backend != WriteBackend::kPwrite && st_.write_choice.empty()) {
+    if (opts_.write_backend != WriteBackend::kPwrite) {
       st_.write_fallback = std::string(queue_->fallback_reason());
     }
   }
@@ -512,10 +512,6 @@ class ParallelSynthesis {
     io::WriteQueueOptions qo;
     qo.queue_depth = opts_.queue_depth;
     qo.force_pwrite = opts_.write_backend == WriteBackend::kPwrite;
-    if (opts_.write_backend == WriteBackend::kAuto) {
-      st_.write_choice = io::probe_nowait_buffered_writes(out_.staging_path());
-      qo.force_pwrite = !st_.write_choice.empty();
-    }
     std::vector<int> fds;
     std::vector<std::string> names;
     for (unsigned i = 0; i < format::kImageCount; ++i) {
@@ -632,8 +628,6 @@ class ParallelSynthesis {
 
 std::string_view write_backend_name(WriteBackend b) {
   switch (b) {
-    case WriteBackend::kAuto:
-      return "auto";
     case WriteBackend::kIoUring:
       return "io_uring";
     case WriteBackend::kPwrite:
@@ -643,10 +637,10 @@ std::string_view write_backend_name(WriteBackend b) {
 }
 
 WriteBackend parse_write_backend(std::string_view name) {
-  for (WriteBackend b : {WriteBackend::kAuto, WriteBackend::kIoUring, WriteBackend::kPwrite}) {
+  for (WriteBackend b : {WriteBackend::kIoUring, WriteBackend::kPwrite}) {
     if (name == write_backend_name(b)) return b;
   }
-  throw Error(ErrorCode::kUsage, "unknown write backend '" + std::string(name) + "'; use auto, io_uring or pwrite");
+  throw Error(ErrorCode::kUsage, "unknown write backend '" + std::string(name) + "'; use io_uring or pwrite");
 }
 
 SynthesizeStats synthesize_parallel(io::ByteSource& src, const SynthesizeOptions& opts) {

@@ -36,12 +36,10 @@ enum class EngineKind { kSerial, kParallel };
 // disk must then stay where it is, unchanged, for the launch VM's lifetime.
 enum class DiskFormat { kRaw, kQcow2 };
 
-// How the parallel engine writes blocks. kAuto: io_uring where the output's
-// filesystem completes buffered writes without blocking
-// (io::probe_nowait_buffered_writes), else pwrite: on ext4 io_uring would hand
-// every write to a kernel worker, which costs more than writing directly.
-enum class WriteBackend { kAuto, kIoUring, kPwrite };
-std::string_view write_backend_name(WriteBackend b);  // "auto", "io_uring", "pwrite"
+// How the parallel engine writes blocks: io_uring (falls back to pwrite where
+// the kernel refuses it) or pwrite. docs/performance.md compares them.
+enum class WriteBackend { kIoUring, kPwrite };
+std::string_view write_backend_name(WriteBackend b);  // "io_uring", "pwrite"
 WriteBackend parse_write_backend(std::string_view name);  // throws kUsage
 
 // "raw", "qcow2".
@@ -57,7 +55,7 @@ struct SynthesizeOptions {
   bool force = false;    // replace an existing --out
   io::CloneMethod clone = io::CloneMethod::kAuto;  // how output images start from the base
   DiskFormat disk_format = DiskFormat::kRaw;
-  WriteBackend write_backend = WriteBackend::kAuto;  // parallel engine
+  WriteBackend write_backend = WriteBackend::kIoUring;  // parallel engine
   unsigned queue_depth = 64;    // parallel engine: io_uring queue depth, 1..4096
   uint64_t memory_budget = 256u << 20;  // parallel engine: bytes of frames in flight, >= 16 MiB
   bool use_base_id_cache = true;
@@ -77,7 +75,6 @@ struct SynthesizeStats {
   uint64_t blocks_written = 0;
   std::string engine;          // "serial" or "parallel"
   std::string write_backend;   // "pwrite" or "io_uring"
-  std::string write_choice;    // why auto chose pwrite (empty otherwise)
   std::string write_fallback;  // why io_uring was not used, if it was wanted
   std::string clone_method;    // how the output images were started
   std::string disk_format;     // "raw" or "qcow2"

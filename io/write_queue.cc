@@ -1,17 +1,13 @@
 #include "io/write_queue.h"
 
-#include <fcntl.h>
 #include <liburing.h>
-#include <sys/uio.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <array>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
 #include <optional>
-#include <string>
 #include <utility>
 
 #include "common/error.h"
@@ -304,20 +300,6 @@ bool io_uring_disabled_by_env() {
 }
 
 }  // namespace
-
-std::string probe_nowait_buffered_writes(const std::string& dir) {
-  const std::string path = dir + "/.nowait-probe-" + std::to_string(::getpid());
-  int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (fd < 0) throw io_error("cannot create a probe file in", dir, errno);
-  ::unlink(path.c_str());
-  std::array<std::byte, 4096> block{};
-  iovec iov{block.data(), block.size()};
-  ssize_t n = ::pwritev2(fd, &iov, 1, 0, RWF_NOWAIT);
-  int err = errno;
-  ::close(fd);
-  if (n >= 0 || err == EAGAIN) return {};
-  return std::string("pwritev2 RWF_NOWAIT: ") + std::strerror(err);
-}
 
 std::unique_ptr<WriteQueue> WriteQueue::open(std::vector<int> fds, WriteQueueOptions opts,
                                              Completion on_complete,

@@ -63,16 +63,6 @@ struct WriteQueueOptions {
   bool register_files = true;
 };
 
-// Whether buffered writes to files in directory `dir` can complete without
-// blocking: writes 4 KiB to a scratch file there with pwritev2(RWF_NOWAIT)
-// and removes it. Returns why not ("pwritev2 RWF_NOWAIT: Operation not
-// supported" on ext4 and tmpfs), or an empty string when they can (XFS,
-// btrfs) or when the answer is "only sometimes" (EAGAIN). Where they cannot,
-// io_uring hands every buffered write to a kernel worker thread, and plain
-// pwrite does the same work for less CPU. Throws kIo when the scratch file
-// cannot be created.
-std::string probe_nowait_buffered_writes(const std::string& dir);
-
 class WriteQueue {
  public:
   // Called once per accepted request, when the queue no longer uses its buffer.

@@ -152,6 +152,28 @@ TEST_F(BadInput, DiskFormat) {
   EXPECT_EQ(tree_hash(dir_ / "base"), base_hash_);
 }
 
+TEST_F(BadInput, WriteBackend) {
+  const std::vector<std::string> synth = {"synthesize", "--base", dir_ / "base", "--overlay", dir_ / "good.vmo",
+                                          "--out", dir_ / "out"};
+  auto with = [&](std::vector<std::string> extra) {
+    std::vector<std::string> args = synth;
+    args.insert(args.end(), extra.begin(), extra.end());
+    return run_vmsynth(args, dir_.path());
+  };
+  auto r = with({"--write-backend", "aio"});
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.err.find("--write-backend"), std::string::npos) << r.err;
+  r = with({"--write-backend", "io_uring", "--no-io-uring"});
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.err.find("excludes"), std::string::npos) << r.err;
+  EXPECT_FALSE(exists(dir_ / "out"));
+  r = with({"--write-backend", "pwrite", "--json"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(nlohmann::json::parse(r.out).value("write_backend", ""), "pwrite");
+  EXPECT_EQ(read_file(dir_ / "out/disk.img"), read_file(dir_ / "launch/disk.img"));
+  EXPECT_EQ(tree_hash(dir_ / "base"), base_hash_);
+}
+
 TEST_F(BadInput, WrongBase) {
   VmImages other{random_bytes(64 * kBlock, 9), random_bytes(96 * kBlock, 10), std::nullopt, std::nullopt};
   write_vm(dir_ / "other", other);

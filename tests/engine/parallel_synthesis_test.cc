@@ -21,7 +21,6 @@
 #include "engine/overlay_reader.h"
 #include "engine/synthesis.h"
 #include "engine/synthetic_pair.h"
-#include "io/write_queue.h"
 #include "tests/engine/synthesis_test_util.h"
 #include "testutil/run_command.h"
 
@@ -273,7 +272,7 @@ TEST(ParallelSynthesis, EveryOpKindIsExercised) {
 TEST(ParallelSynthesis, IoUringAndForcedPwriteAgree) {
   Prepared p("every_op_kind");
   auto o = testutil::synth_options(p.base, p.dir.sub("out-uring"), EngineKind::kParallel, 2);
-  o.write_backend = WriteBackend::kIoUring;
+  ASSERT_EQ(o.write_backend, WriteBackend::kIoUring);  // the default
   SynthesizeStats u = testutil::synthesize_file(p.overlay, o);
   if (u.write_backend == "io_uring") {
     EXPECT_EQ(u.write_fallback, "");
@@ -284,7 +283,6 @@ TEST(ParallelSynthesis, IoUringAndForcedPwriteAgree) {
   }
   EXPECT_EQ(testutil::vm_dir_difference(o.out_dir, p.launch), "");
 
-  EXPECT_EQ(u.write_choice, "");
   o.out_dir = p.dir.sub("out-pwrite");
   o.write_backend = WriteBackend::kPwrite;
   SynthesizeStats w = testutil::synthesize_file(p.overlay, o);
@@ -299,24 +297,6 @@ TEST(ParallelSynthesis, IoUringAndForcedPwriteAgree) {
   ::unsetenv("VMSYNTH_NO_IO_URING");
   EXPECT_EQ(e.write_backend, "pwrite");
   EXPECT_NE(e.write_fallback.find("VMSYNTH_NO_IO_URING"), std::string::npos) << e.write_fallback;
-  EXPECT_EQ(testutil::vm_dir_difference(o.out_dir, p.launch), "");
-}
-
-// auto writes with io_uring exactly where the output's filesystem completes
-// buffered writes without blocking, and says why when it does not.
-TEST(ParallelSynthesis, AutoWriteBackendFollowsTheFilesystemProbe) {
-  Prepared p("every_op_kind");
-  auto o = testutil::synth_options(p.base, p.dir.sub("out-auto"), EngineKind::kParallel, 2);
-  ASSERT_EQ(o.write_backend, WriteBackend::kAuto);  // the default
-  const std::string why = io::probe_nowait_buffered_writes(p.dir.path());
-  SynthesizeStats a = testutil::synthesize_file(p.overlay, o);
-  EXPECT_EQ(a.write_choice, why);
-  if (!why.empty()) {
-    EXPECT_EQ(a.write_backend, "pwrite");
-    EXPECT_EQ(a.write_fallback, "");  // a choice, not a failure: no notice
-  } else {
-    EXPECT_TRUE(a.write_backend == "io_uring" || !a.write_fallback.empty()) << a.write_backend;
-  }
   EXPECT_EQ(testutil::vm_dir_difference(o.out_dir, p.launch), "");
 }
 

@@ -2,13 +2,10 @@
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
-#include <linux/magic.h>
-#include <sys/statfs.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstdlib>
-#include <filesystem>
 #include <map>
 #include <random>
 #include <vector>
@@ -284,36 +281,6 @@ TEST(WriteQueueOptionsTest, ForcedPwriteSaysWhy) {
   auto q = WriteQueue::open({}, opts, nullptr);
   EXPECT_EQ(q->backend(), "pwrite");
   EXPECT_FALSE(q->fallback_reason().empty());
-}
-
-// The probe must answer for the filesystem it runs on: ext4 and tmpfs refuse
-// non-blocking buffered writes, XFS and btrfs take them. It leaves nothing
-// behind, and a directory it cannot write into is an error naming it.
-TEST(NowaitProbeTest, AnswersForTheFilesystemAndLeavesNothing) {
-  TestTempDir dir;
-  const std::string why = probe_nowait_buffered_writes(dir.path());
-  struct statfs fs {};
-  ASSERT_EQ(::statfs(dir.path().c_str(), &fs), 0);
-  switch (static_cast<unsigned long>(fs.f_type)) {
-    case EXT4_SUPER_MAGIC:
-    case TMPFS_MAGIC:
-      EXPECT_NE(why.find("RWF_NOWAIT"), std::string::npos) << why;
-      break;
-    case XFS_SUPER_MAGIC:
-    case BTRFS_SUPER_MAGIC:
-      EXPECT_EQ(why, "");
-      break;
-    default:
-      break;  // no claim about other filesystems
-  }
-  EXPECT_TRUE(std::filesystem::is_empty(dir.path()));
-  try {
-    probe_nowait_buffered_writes(dir / "missing");
-    ADD_FAILURE() << "probe in a missing directory succeeded";
-  } catch (const Error& e) {
-    EXPECT_EQ(e.code(), ErrorCode::kIo);
-    EXPECT_NE(std::string(e.what()).find("missing"), std::string::npos) << e.what();
-  }
 }
 
 TEST(WriteQueueOptionsTest, UnregisteredFilesWork) {
