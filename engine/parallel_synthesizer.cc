@@ -28,7 +28,9 @@
 //   completions never stall behind a source that is waiting for input.
 //
 // The arena has threads + 2 slots: the reader and the writer mostly block (input,
-// kernel), so they must not take decoding threads away.
+// kernel), so they must not take decoding threads away. Outside the graph, the
+// clone thread copies the base (LaunchOutput::clone_images_beside_writer) and a
+// flusher thread starts writeback every kWritebackInterval (synthesize_parallel).
 #include <sys/types.h>
 
 #include <algorithm>
