@@ -101,37 +101,39 @@ std::vector<Entry> list_dir(const File& dir) {
   return out;
 }
 
-// Starts writeback of every regular file below `dir` without waiting for it
-// (sync_file_range SYNC_FILE_RANGE_WRITE), so that the fsyncs that follow
-// find the device already busy with all of the files, not one after the
-// other. Best effort: failures show up in those fsyncs.
-void start_tree_writeback(const File& dir) {
-  for (const Entry& e : list_dir(dir)) {
-    if (e.is_dir) {
-      start_tree_writeback(open_dir(dir.fd(), e.name, join(dir.path(), e.name)));
-    } else if (e.is_reg) {
-      int fd = ::openat(dir.fd(), e.name.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-      if (fd < 0) continue;
-      File f(fd, join(dir.path(), e.name));
-      (void)::sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE);
-    }
-  }
-}
-
-// fsyncs every regular file and directory below `dir`, then `dir` itself.
-void sync_tree(const File& dir) {
+// Calls on_file(file) for every regular file below `dir` (opened read-only)
+// and on_dir(directory) for every directory after its contents, `dir` last.
+template <class OnFile, class OnDir>
+void walk_tree(const File& dir, OnFile&& on_file, OnDir&& on_dir) {
   for (const Entry& e : list_dir(dir)) {
     std::string path = join(dir.path(), e.name);
     if (e.is_dir) {
-      sync_tree(open_dir(dir.fd(), e.name, path));
+      walk_tree(open_dir(dir.fd(), e.name, path), on_file, on_dir);
     } else if (e.is_reg) {
       int fd = ::openat(dir.fd(), e.name.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
       if (fd < 0) throw io_error("cannot open for syncing", path, errno);
-      File f(fd, path);
-      if (::fsync(fd) != 0) throw io_error("cannot sync", path, errno);
+      on_file(File(fd, path));
     }
   }
-  if (::fsync(dir.fd()) != 0) throw io_error("cannot sync directory", dir.path(), errno);
+  on_dir(dir);
+}
+
+// fsyncs every regular file and directory below `dir`, then `dir` itself.
+// First it starts writeback of every file without waiting for it
+// (sync_file_range SYNC_FILE_RANGE_WRITE, best effort: failures show up in the
+// fsyncs), so that the fsyncs find the device busy with all of the files, not
+// one after the other.
+void sync_tree(const File& dir) {
+  walk_tree(
+      dir, [](const File& f) { (void)::sync_file_range(f.fd(), 0, 0, SYNC_FILE_RANGE_WRITE); }, [](const File&) {});
+  walk_tree(
+      dir,
+      [](const File& f) {
+        if (::fsync(f.fd()) != 0) throw io_error("cannot sync", f.path(), errno);
+      },
+      [](const File& d) {
+        if (::fsync(d.fd()) != 0) throw io_error("cannot sync directory", d.path(), errno);
+      });
 }
 
 void sync_dir(const std::string& path) {
@@ -228,11 +230,7 @@ void StagedDirectory::commit() {
     throw Error(ErrorCode::kUsage, "output directory '" + final_path_ + "' committed twice");
   }
   SplitPath p = split_path(final_path_);
-  {
-    File root = open_dir(AT_FDCWD, staging_path_, staging_path_);
-    start_tree_writeback(root);
-    sync_tree(root);
-  }
+  sync_tree(open_dir(AT_FDCWD, staging_path_, staging_path_));
 
   std::string old_tree;  // a replaced final directory, to be removed
   if (!force_ || !exists(final_path_)) {
