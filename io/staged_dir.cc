@@ -101,21 +101,20 @@ std::vector<Entry> list_dir(const File& dir) {
   return out;
 }
 
-// Calls on_file(file) for every regular file below `dir` (opened read-only)
-// and on_dir(directory) for every directory after its contents, `dir` last.
-template <class OnFile, class OnDir>
-void walk_tree(const File& dir, OnFile&& on_file, OnDir&& on_dir) {
+// Opens every regular file below `dir` (read-only) into `files` and every
+// directory, `dir` included, into `dirs`, each directory after its contents.
+void open_tree(File dir, std::vector<File>& files, std::vector<File>& dirs) {
   for (const Entry& e : list_dir(dir)) {
     std::string path = join(dir.path(), e.name);
     if (e.is_dir) {
-      walk_tree(open_dir(dir.fd(), e.name, path), on_file, on_dir);
+      open_tree(open_dir(dir.fd(), e.name, path), files, dirs);
     } else if (e.is_reg) {
       int fd = ::openat(dir.fd(), e.name.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
       if (fd < 0) throw io_error("cannot open for syncing", path, errno);
-      on_file(File(fd, path));
+      files.emplace_back(fd, std::move(path));
     }
   }
-  on_dir(dir);
+  dirs.push_back(std::move(dir));
 }
 
 // fsyncs every regular file and directory below `dir`, then `dir` itself.
@@ -123,17 +122,16 @@ void walk_tree(const File& dir, OnFile&& on_file, OnDir&& on_dir) {
 // (sync_file_range SYNC_FILE_RANGE_WRITE, best effort: failures show up in the
 // fsyncs), so that the fsyncs find the device busy with all of the files, not
 // one after the other.
-void sync_tree(const File& dir) {
-  walk_tree(
-      dir, [](const File& f) { (void)::sync_file_range(f.fd(), 0, 0, SYNC_FILE_RANGE_WRITE); }, [](const File&) {});
-  walk_tree(
-      dir,
-      [](const File& f) {
-        if (::fsync(f.fd()) != 0) throw io_error("cannot sync", f.path(), errno);
-      },
-      [](const File& d) {
-        if (::fsync(d.fd()) != 0) throw io_error("cannot sync directory", d.path(), errno);
-      });
+void sync_tree(File dir) {
+  std::vector<File> files, dirs;
+  open_tree(std::move(dir), files, dirs);
+  for (const File& f : files) (void)::sync_file_range(f.fd(), 0, 0, SYNC_FILE_RANGE_WRITE);
+  for (const File& f : files) {
+    if (::fsync(f.fd()) != 0) throw io_error("cannot sync", f.path(), errno);
+  }
+  for (const File& d : dirs) {
+    if (::fsync(d.fd()) != 0) throw io_error("cannot sync directory", d.path(), errno);
+  }
 }
 
 void sync_dir(const std::string& path) {
