@@ -7,6 +7,7 @@
 #include <string>
 
 #include "cli/commands.h"
+#include "cli/interrupt.h"
 #include "cli/progress.h"
 #include "common/error.h"
 #include "engine/synthetic_pair.h"
@@ -24,6 +25,7 @@ struct GenPairOptions {
   std::string profile = "typical";
   bool force = false;
   bool json = false;
+  bool quiet = false;
 };
 
 nlohmann::json stats_json(const PairStats& s) {
@@ -70,10 +72,11 @@ void run_gen_pair(const GenPairOptions& o) {
   const PairSpec spec = PairSpec::profile(o.profile, o.memory_mib * kMiB, o.disk_mib * kMiB, o.seed);
 
   const auto start = std::chrono::steady_clock::now();
+  install_interrupt_handlers();
   io::StagedDirectory staged(o.out, o.force);
   PairStats stats;
   {
-    TerminalProgress line("generating");
+    TerminalProgress line("generating pair", o.quiet);
     stats = generate_pair(spec, staged.path(), line.callback());
     line.finish();
   }
@@ -128,6 +131,7 @@ void add_gen_pair_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_flag("--force", opts->force, "Replace DIR if it exists");
   cmd->add_flag("--json", opts->json, "Print sizes, statistics and elapsed time as JSON");
+  add_quiet_flag(*cmd, opts->quiet);
   cmd->callback([opts] { run_gen_pair(*opts); });
 }
 

@@ -1,6 +1,7 @@
 // vmsynth command-line entry point: dispatches to the subcommands and maps
 // vmsynth::Error to a message and an exit status.
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <string>
@@ -8,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
+#include "cli/interrupt.h"
 #include "common/error.h"
 
 namespace {
@@ -19,6 +21,32 @@ bool wants_json(int argc, char** argv) {
   return false;
 }
 
+// The exit status of a bug: nothing a user did, and not one of the codes
+// common/error.h gives meaning to (EX_SOFTWARE from sysexits.h).
+constexpr int kInternalError = 70;
+
+// An exception that escapes a thread, or a noexcept function, ends in
+// std::terminate; say so plainly instead of abort()'s core dump and 134.
+// Staging left behind by this process is removed by the next run for the same
+// output (its pid is then gone).
+[[noreturn]] void on_terminate() {
+  const char* what = "unknown exception";
+  std::string text;
+  if (std::exception_ptr e = std::current_exception()) {
+    try {
+      std::rethrow_exception(e);
+    } catch (const std::exception& x) {
+      text = x.what();
+      what = text.c_str();
+    } catch (...) {
+    }
+  } else {
+    what = "std::terminate without an exception";
+  }
+  std::fprintf(stderr, "vmsynth: internal error: %s\n", what);
+  std::_Exit(kInternalError);
+}
+
 int report(const vmsynth::Error& e, bool json) {
   if (json) {
     nlohmann::json j = {{"ok", false},
@@ -27,6 +55,13 @@ int report(const vmsynth::Error& e, bool json) {
                                    {"context", e.context()}}}};
     std::printf("%s\n", j.dump(2).c_str());
   }
+  if (e.code() == vmsynth::ErrorCode::kInterrupted) {
+    if (int sig = vmsynth::cli::interrupting_signal(); sig != 0) {
+      std::fprintf(stderr, "vmsynth: interrupted by %s: %s\n", sigabbrev_np(sig) ? sigabbrev_np(sig) : "a signal",
+                   e.message().c_str());
+      return static_cast<int>(e.code());
+    }
+  }
   std::fprintf(stderr, "vmsynth: error: %s\n", e.what());
   return static_cast<int>(e.code());
 }
@@ -34,6 +69,7 @@ int report(const vmsynth::Error& e, bool json) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  std::set_terminate(on_terminate);
   CLI::App app{
       "vmsynth: dynamic VM synthesis for cloudlets.\n"
       "Creates small VM overlays (launch VM minus base VM) and synthesizes launch VMs from them.",
@@ -58,7 +94,10 @@ int main(int argc, char** argv) {
   } catch (const std::exception& e) {
     // Anything else is a bug in vmsynth; say so rather than pretend it is the user's fault.
     std::fprintf(stderr, "vmsynth: internal error: %s\n", e.what());
-    return 70;
+    return kInternalError;
+  } catch (...) {
+    std::fprintf(stderr, "vmsynth: internal error: an exception that is not a std::exception\n");
+    return kInternalError;
   }
   return 0;
 }

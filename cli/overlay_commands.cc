@@ -8,11 +8,13 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
+#include "cli/interrupt.h"
 #include "cli/key_options.h"
 #include "cli/progress.h"
 #include "common/error.h"
 #include "engine/overlay_creator.h"
 #include "engine/overlay_info.h"
+#include "engine/threads.h"
 #include "io/byte_source.h"
 
 namespace vmsynth::cli {
@@ -52,7 +54,7 @@ void add_create(CLI::App& overlay) {
   struct Args {
     std::string base, launch, out, level = std::to_string(kDefaultLevel);
     unsigned threads = 0;
-    bool force = false, json = false, encrypt = false;
+    bool force = false, json = false, encrypt = false, quiet = false;
     KeyOptions key;
   };
   auto args = std::make_shared<Args>();
@@ -65,12 +67,17 @@ void add_create(CLI::App& overlay) {
   c->add_option("--level", args->level,
                 "zstd level 1-22, or 'max' for the smallest overlay (slowest); default " +
                     std::to_string(kDefaultLevel));
-  c->add_option("--threads", args->threads, "Worker threads; 0 = one per core (default)");
+  c->add_option("--threads", args->threads,
+                "Worker threads, 0-" + std::to_string(kMaxThreads) + "; 0 = one per core (default)")
+      ->check(CLI::Range(0u, kMaxThreads));
   c->add_flag("--encrypt", args->encrypt,
               "Seal every frame with AES-256-GCM (needs --key-file or --passphrase-file, which imply it)");
   args->key.add_to(*c, "to encrypt with");
-  c->add_flag("--force", args->force, "Replace an existing output file");
+  c->add_flag("--force", args->force,
+              "Replace an existing output file (never one of the inputs: an output that is, contains or lies "
+              "inside the base or launch VM is refused)");
   c->add_flag("--json", args->json, "Print the result as JSON");
+  add_quiet_flag(*c, args->quiet);
   c->callback([args] {
     if (args->encrypt && !args->key.given()) {
       throw Error(ErrorCode::kUsage, "--encrypt needs --key-file FILE or --passphrase-file FILE");
@@ -83,7 +90,8 @@ void add_create(CLI::App& overlay) {
     o.level = parse_level(args->level);
     o.threads = args->threads;
     o.force = args->force;
-    TerminalProgress progress("creating overlay");
+    install_interrupt_handlers();
+    TerminalProgress progress("creating overlay", args->quiet);
     o.progress = progress.callback();
     CreateStats s = create_overlay(o);
     progress.finish();

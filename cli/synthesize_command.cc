@@ -1,5 +1,4 @@
 // `vmsynth synthesize`: base VM + overlay -> launch VM directory.
-#include <signal.h>
 #include <sys/stat.h>
 
 #include <chrono>
@@ -11,30 +10,18 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
+#include "cli/interrupt.h"
 #include "cli/key_options.h"
 #include "cli/progress.h"
 #include "common/error.h"
-#include "engine/cancel.h"
 #include "engine/synthesis.h"
+#include "engine/threads.h"
 #include "io/byte_source.h"
 #include "vm/vm_control.h"
 
 namespace vmsynth::cli {
 
 namespace {
-void on_interrupt(int) { request_cancel(); }  // async-signal-safe
-
-// SIGINT/SIGTERM ask the engine to stop at the next frame (it then removes its
-// staging directory and exits with kInterrupted). SA_RESETHAND: a second
-// signal kills the process the default way.
-void install_interrupt_handler() {
-  struct sigaction sa {};
-  sa.sa_handler = on_interrupt;
-  sigemptyset(&sa.sa_mask);
-  sa.sa_flags = SA_RESETHAND | SA_RESTART;
-  ::sigaction(SIGINT, &sa, nullptr);
-  ::sigaction(SIGTERM, &sa, nullptr);
-}
 
 // Passes reads through and notes when the first overlay byte arrived, the
 // start of the user's wait that `--launch` reports.
@@ -63,8 +50,8 @@ void add_synthesize_command(CLI::App& app) {
     std::string base, overlay, out, engine = "parallel", clone = "auto", disk_format = "raw",
                 write_backend = "io_uring";
     unsigned threads = 0, queue_depth = 64;
-    uint64_t memory_mib = 256;
-    bool force = false, json = false, no_uring = false, launch = false;
+    uint64_t memory_budget_mib = 256;
+    bool force = false, json = false, no_uring = false, launch = false, quiet = false;
     KeyOptions key;
   };
   auto args = std::make_shared<Args>();
@@ -78,7 +65,10 @@ void add_synthesize_command(CLI::App& app) {
       ->required();
   c->add_option("--engine", args->engine, "parallel (oneTBB flow graph, io_uring writes; default) or serial (one thread, the reference)")
       ->check(CLI::IsMember({"serial", "parallel"}));
-  c->add_option("--threads", args->threads, "Parallel engine worker threads; 0 = one per core (default)");
+  c->add_option("--threads", args->threads,
+                "Parallel engine worker threads, 0-" + std::to_string(kMaxThreads) +
+                    "; 0 = one per core (default). The serial engine runs on one thread and refuses more")
+      ->check(CLI::Range(0u, kMaxThreads));
   c->add_option("--clone", args->clone,
                 "How output images start from the base: auto (default), reflink, copy-range, read-write")
       ->check(CLI::IsMember({"auto", "reflink", "copy-range", "read-write"}));
@@ -94,15 +84,25 @@ void add_synthesize_command(CLI::App& app) {
   c->add_flag("--no-io-uring", args->no_uring, "Same as --write-backend pwrite")->excludes(backend);
   c->add_option("--queue-depth", args->queue_depth, "io_uring queue depth, 1-4096 (default 64)")
       ->check(CLI::Range(1u, 4096u));
-  c->add_option("--memory-mib", args->memory_mib, "Parallel engine: MiB of frames in flight, >= 16 (default 256)")
+  c->add_option("--memory-budget-mib", args->memory_budget_mib,
+                "Parallel engine: MiB of overlay frames held in memory at once, 16-1048576 (default 256)")
       ->check(CLI::Range(uint64_t{16}, uint64_t{1} << 20));
   args->key.add_to(*c, "of an encrypted overlay (then only an encrypted overlay is accepted)");
-  c->add_flag("--force", args->force, "Replace an existing --out directory");
+  c->add_flag("--force", args->force,
+              "Replace an existing --out directory (never an input: an --out that is, contains or lies inside the "
+              "base VM or the overlay file is refused)");
   c->add_flag("--json", args->json, "Print the result as JSON");
+  add_quiet_flag(*c, args->quiet);
   c->add_flag("--launch", args->launch,
               "Resume the synthesized VM right away in --out (QEMU in the background; kernel and initrd are "
-              "looked up in --base) and report the time from the first overlay byte to a running guest");
+              "looked up in --base) and report the time from the first overlay byte to a running guest. A VM "
+              "that cannot be launched (no machine description, e.g. from gen-pair) is still synthesized: a "
+              "notice says why it was not launched and the exit status is the synthesis's (0)");
   c->callback([args] {
+    if (args->engine == "serial" && args->threads > 1) {
+      throw Error(ErrorCode::kUsage, "--threads " + std::to_string(args->threads) +
+                                         ": the serial engine runs on one thread; use --engine parallel for more");
+    }
     SynthesizeOptions o;
     o.base_dir = args->base;
     o.out_dir = args->out;
@@ -113,26 +113,35 @@ void add_synthesize_command(CLI::App& app) {
     o.disk_format = parse_disk_format(args->disk_format);
     o.write_backend = args->no_uring ? WriteBackend::kPwrite : parse_write_backend(args->write_backend);
     o.queue_depth = args->queue_depth;
-    o.memory_budget = args->memory_mib << 20;
+    o.memory_budget = args->memory_budget_mib << 20;
     o.key = args->key.load();
     struct stat st;
     if (args->overlay != "-" && ::stat(args->overlay.c_str(), &st) == 0 && S_ISREG(st.st_mode)) {
       o.source_size = static_cast<uint64_t>(st.st_size);
     }
-    install_interrupt_handler();
+    if (args->overlay != "-" && args->overlay.find("://") == std::string::npos) o.overlay_path = args->overlay;
+    install_interrupt_handlers();
     FirstByteClock src(io::open_source(args->overlay));
-    TerminalProgress progress("synthesizing");
+    TerminalProgress progress("synthesizing", args->quiet);
     o.progress = progress.callback();
     SynthesizeStats s = synthesize(src, o);
     progress.finish();
     std::optional<vm::ResumeResult> launched;
+    std::optional<Error> not_launched;  // the synthesis stands; only the launch was impossible
     double first_byte_to_running_ms = 0;
     if (args->launch) {
       vm::ResumeOptions ro;
       ro.boot_file_dirs = {args->base};
-      launched = vm::resume_vm(args->out, ro);
-      first_byte_to_running_ms =
-          std::chrono::duration<double, std::milli>(FirstByteClock::Clock::now() - *src.first_byte()).count();
+      try {
+        launched = vm::resume_vm(args->out, ro);
+        first_byte_to_running_ms =
+            std::chrono::duration<double, std::milli>(FirstByteClock::Clock::now() - *src.first_byte()).count();
+      } catch (const Error& e) {
+        if (e.code() != ErrorCode::kUnsupported) throw;
+        not_launched = e;
+        std::fprintf(stderr, "vmsynth: notice: synthesized %s but did not launch it: %s\n", args->out.c_str(),
+                     e.what());
+      }
     }
     if (!s.write_fallback.empty()) {
       std::fprintf(stderr, "vmsynth: notice: io_uring unavailable (%s); writing with pwrite\n",
@@ -170,12 +179,18 @@ void add_synthesize_command(CLI::App& app) {
                        {"accelerator", std::string(vm::accel_name(launched->accel))},
                        {"resume_ms", launched->resume_ms},
                        {"first_byte_to_running_ms", first_byte_to_running_ms}};
+      } else if (not_launched) {
+        j["launch"] = {{"ok", false},
+                       {"error",
+                        {{"code", std::string(error_code_name(not_launched->code()))},
+                         {"message", not_launched->message()}}}};
       }
       std::printf("%s\n", j.dump(2).c_str());
     } else {
       std::printf(
-          "synthesized %s from %s of overlay in %.3f s (%s engine, %u threads, writes: %s, clone: %s, disk: %s)\n",
+          "synthesized %s from %s of overlay in %.3f s (%s engine, %u thread%s, writes: %s, clone: %s, disk: %s)\n",
           args->out.c_str(), human_bytes(s.overlay_bytes).c_str(), s.seconds_total, s.engine.c_str(), s.threads,
+          s.threads == 1 ? "" : "s",
           s.write_backend.c_str(), s.clone_method.c_str(), s.disk_format.c_str());
       if (launched) {
         std::printf("launch VM running in %s (pid %d, %s): %.0f ms from the first overlay byte, resume %.0f ms\n",

@@ -18,7 +18,7 @@ void clear_cancel() noexcept { g_cancel.store(false, std::memory_order_relaxed);
 
 void throw_if_cancelled() {
   if (cancel_requested()) {
-    throw Error(ErrorCode::kInterrupted, "synthesis interrupted; nothing was written to the output directory");
+    throw Error(ErrorCode::kInterrupted, "stopped before finishing; what was staged has been removed and nothing was left at the output");
   }
 }
 

@@ -1,9 +1,10 @@
-// Cancellation of long-running engine work (synthesis) from outside, e.g. by
-// a SIGINT handler in the command line tool.
+// Cancellation of long-running engine work (synthesis, overlay creation,
+// gen-pair) from outside, e.g. by a signal handler in the command line tool.
 //
 // One process-wide flag: request_cancel() sets it and is async-signal-safe (a
 // lock-free atomic store, nothing else), so a signal handler may call it. Both
-// synthesis engines poll it once per frame and stop with
+// synthesis engines poll it once per frame, overlay creation and gen-pair once
+// per chunk and frame, and they stop with
 // vmsynth::Error(kInterrupted); their usual error path then removes the
 // staging directory. The flag is sticky: it stays set until clear_cancel(), so
 // a signal that arrives before an engine starts is not lost (tests and

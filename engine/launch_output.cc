@@ -1,8 +1,6 @@
 #include "engine/launch_output.h"
 
-#include <dirent.h>
 #include <fcntl.h>
-#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -49,55 +47,6 @@ Hash128 check_base(const VmDir& base, const format::FileHeader& h, bool use_cach
   return id;
 }
 
-namespace {
-
-// Removes staging directories `.<name>.partial-<pid>-<suffix>` beside out_dir
-// left by a synthesis that was killed (its pid no longer exists) so they
-// neither pile up nor hold disk space. Only directories owned by this user
-// whose process is gone are touched; a pid that is alive (even reused by an
-// unrelated process) keeps its directory. Best effort: errors are ignored.
-void remove_stale_staging(const std::string& out_dir) {
-  std::string path = out_dir;
-  while (path.size() > 1 && path.back() == '/') path.pop_back();
-  size_t slash = path.rfind('/');
-  std::string parent = slash == std::string::npos ? "." : path.substr(0, std::max<size_t>(slash, 1));
-  std::string prefix = "." + (slash == std::string::npos ? path : path.substr(slash + 1)) + ".partial-";
-  std::unique_ptr<DIR, int (*)(DIR*)> dir(::opendir(parent.c_str()), ::closedir);
-  if (!dir) return;
-  std::vector<std::string> stale;
-  while (dirent* e = ::readdir(dir.get())) {
-    std::string name = e->d_name;
-    if (name.rfind(prefix, 0) != 0) continue;
-    std::string rest = name.substr(prefix.size());
-    size_t dash = rest.find('-');
-    if (dash == 0 || dash == std::string::npos || dash > 9) continue;
-    pid_t pid = 0;
-    bool digits = true;
-    for (size_t i = 0; i < dash; ++i) {
-      digits = digits && rest[i] >= '0' && rest[i] <= '9';
-      pid = pid * 10 + (rest[i] - '0');
-    }
-    if (!digits || pid <= 0 || pid == ::getpid()) continue;
-    if (::kill(pid, 0) == 0 || errno != ESRCH) continue;  // alive, or not ours to judge
-    std::string full = parent + "/" + name;
-    struct stat st;
-    if (::lstat(full.c_str(), &st) != 0 || !S_ISDIR(st.st_mode) || st.st_uid != ::geteuid()) continue;
-    stale.push_back(full);
-  }
-  for (const std::string& p : stale) {
-    try {
-      io::StagedDirectory::remove_tree(p);
-    } catch (const Error&) {
-    }
-  }
-}
-
-io::StagedDirectory make_staging(const std::string& out_dir, bool force) {
-  remove_stale_staging(out_dir);
-  return io::StagedDirectory(out_dir, force);
-}
-
-}  // namespace
 
 std::string_view disk_format_name(DiskFormat f) { return f == DiskFormat::kQcow2 ? "qcow2" : "raw"; }
 
@@ -109,7 +58,7 @@ DiskFormat parse_disk_format(std::string_view name) {
 
 LaunchOutput::LaunchOutput(const VmDir& base, const format::FileHeader& h, const std::string& out_dir, bool force,
                            DiskFormat disk_format)
-    : base_(base), header_(h), disk_format_(disk_format), staged_(make_staging(out_dir, force)) {}
+    : base_(base), header_(h), disk_format_(disk_format), staged_(out_dir, force) {}
 
 void LaunchOutput::create_qcow2_disk() {
   // The backing file is named by absolute path: the output directory is

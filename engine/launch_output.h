@@ -3,9 +3,8 @@
 // and the final sync and commit.
 //
 // A LaunchOutput owns the staging directory (removed unless commit() runs)
-// and the open output image files. Creating one first removes staging
-// directories of the same output left by killed syntheses (their pid is gone),
-// so a crash never blocks or litters a rerun. clone_images() may run on another thread
+// and the open output image files (io::StagedDirectory removes the staging
+// leftovers of killed syntheses). clone_images() may run on another thread
 // than the rest, but must finish before blocks are written. Otherwise one
 // owner thread; image files may be written from several threads at distinct
 // offsets.

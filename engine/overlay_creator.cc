@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <mutex>
 #include <cstring>
 #include <optional>
 #include <vector>
@@ -18,9 +19,14 @@
 #include "common/error.h"
 #include "engine/base_id.h"
 #include "engine/block_index.h"
+#include "engine/cancel.h"
 #include "engine/image_view.h"
 #include "engine/stopwatch.h"
+#include "engine/threads.h"
+#include "engine/vm_dir.h"
 #include "io/file.h"
+#include "io/path_alias.h"
+#include "io/staged_dir.h"
 
 namespace vmsynth {
 
@@ -82,7 +88,10 @@ std::vector<Changed> classify(const ImageView& base, const ImageView& launch, co
   }
   std::vector<std::vector<Changed>> results(chunks.size());
   std::atomic<uint64_t> done{0};
+  std::mutex progress_mu;
+  report(progress, "comparing images", 0, total_blocks * kBlockSize);
   tbb::parallel_for(size_t{0}, chunks.size(), [&](size_t ci) {
+    throw_if_cancelled();
     const Chunk& c = chunks[ci];
     Block s1, s2, s3;
     auto& out = results[ci];
@@ -105,7 +114,10 @@ std::vector<Changed> classify(const ImageView& base, const ImageView& launch, co
       out.push_back(ch);
     }
     uint64_t d = done.fetch_add(c.last - c.first) + (c.last - c.first);
-    if (progress) progress(d, total_blocks);
+    if (progress) {
+      std::lock_guard lock(progress_mu);
+      report(progress, "comparing images", d * kBlockSize, total_blocks * kBlockSize);
+    }
   });
   std::vector<Changed> all;
   for (auto& r : results) all.insert(all.end(), r.begin(), r.end());
@@ -203,15 +215,6 @@ std::vector<codec::EncodedFrame> encode_files(const VmDir& base, const VmDir& la
   return out;
 }
 
-void check_vm_dir(const VmDir& d, const char* role) {
-  for (ImageKind k : kImageKinds) {
-    if (!io::path_exists(d.image(k))) {
-      throw Error(ErrorCode::kUsage, std::string(role) + " VM directory '" + d.path + "' has no " +
-                                         std::string(image_file_name(k)));
-    }
-  }
-}
-
 }  // namespace
 
 CreateStats create_overlay(const CreateOptions& opts) {
@@ -222,6 +225,14 @@ CreateStats create_overlay(const CreateOptions& opts) {
   const VmDir base_dir{opts.base_dir}, launch_dir{opts.launch_dir};
   check_vm_dir(base_dir, "base");
   check_vm_dir(launch_dir, "launch");
+  if (opts.require_page_aligned_memory) {
+    check_memory_pages(base_dir, "base");
+    check_memory_pages(launch_dir, "launch");
+  }
+  std::vector<io::NamedInput> inputs = vm_dir_inputs(base_dir, "base");
+  for (auto& in : vm_dir_inputs(launch_dir, "launch")) inputs.push_back(std::move(in));
+  io::refuse_output_over_input("output", opts.output, inputs);
+  check_thread_count(opts.threads);
   if (!opts.force && io::path_exists(opts.output)) {
     throw Error(ErrorCode::kExists, "output '" + opts.output + "' already exists; use --force to replace it");
   }
@@ -231,6 +242,7 @@ CreateStats create_overlay(const CreateOptions& opts) {
   tbb::task_arena arena(opts.threads == 0 ? tbb::task_arena::automatic : static_cast<int>(opts.threads));
 
   Stopwatch t;
+  report(opts.progress, "hashing base");
   st.base_id = arena.execute([&] { return compute_base_id(base_dir); });
   st.seconds_base_id = t.seconds();
 
@@ -243,6 +255,7 @@ CreateStats create_overlay(const CreateOptions& opts) {
   }
 
   t.restart();
+  report(opts.progress, "indexing base");
   BlockIndex index = arena.execute([&] { return build_base_index(base); });
   st.seconds_index = t.seconds();
 
@@ -253,19 +266,14 @@ CreateStats create_overlay(const CreateOptions& opts) {
   std::vector<FramePlan> plans = plan_frames(changed);
   changed.clear();
   changed.shrink_to_fit();
+  uint64_t encode_total = 0;  // bytes of launch blocks the frames carry ops for
+  for (const FramePlan& p : plans) encode_total += p.ops.size() * kBlockSize;
   st.seconds_classify = t.seconds();
 
   t.restart();
   for (const FramePlan& p : plans) header.max_frame_blocks = std::max<uint32_t>(header.max_frame_blocks, p.ops.size());
-  const std::string tmp = opts.output + ".partial-" + std::to_string(::getpid());
-  struct TempFile {
-    std::string path;
-    bool keep = false;
-    ~TempFile() {
-      if (!keep) ::unlink(path.c_str());
-    }
-  } guard{tmp};
-  io::File out = io::File::create(tmp);
+  io::StagedFile staged(opts.output, opts.force);
+  io::File& out = staged.file();
   uint64_t offset = 0;
   auto emit = [&](std::span<const std::byte> bytes) {
     out.pwrite_full(bytes, offset);
@@ -297,12 +305,14 @@ CreateStats create_overlay(const CreateOptions& opts) {
   const uint64_t first_block_frame = next_index;
   tbb::enumerable_thread_specific<codec::FrameCodec> codecs([&] { return codec::FrameCodec(keys, opts.level); });
   size_t next_plan = 0;
-  uint64_t frames_written = 0;
+  uint64_t encoded = 0;
+  report(opts.progress, "encoding frames", 0, encode_total);
   arena.execute([&] {
     tbb::parallel_pipeline(
         static_cast<size_t>(2 * arena.max_concurrency() + 2),
         tbb::make_filter<void, size_t>(tbb::filter_mode::serial_in_order,
                                        [&](tbb::flow_control& fc) -> size_t {
+                                         throw_if_cancelled();
                                          if (next_plan == plans.size()) {
                                            fc.stop();
                                            return 0;
@@ -330,8 +340,8 @@ CreateStats create_overlay(const CreateOptions& opts) {
                 tbb::filter_mode::serial_in_order, [&](const std::pair<size_t, codec::EncodedFrame>& f) {
                   emit_frame(f.second);
                   st.payload_raw_bytes += f.second.header.payload_raw;
-                  ++frames_written;
-                  if (opts.progress) opts.progress(frames_written, plans.size());
+                  encoded += plans[f.first].ops.size() * kBlockSize;
+                  report(opts.progress, "encoding frames", encoded, encode_total);
                 }));
   });
   next_index += plans.size();
@@ -342,10 +352,8 @@ CreateStats create_overlay(const CreateOptions& opts) {
   trailer.frame_chain = chain.digest();
   auto end = codec::FrameCodec::encode_end(next_index, trailer, keys.get());
   emit(end.bytes);
-  out.sync();
-  out.close();
-  if (::rename(tmp.c_str(), opts.output.c_str()) != 0) throw io_error("cannot rename overlay into place", opts.output, errno);
-  guard.keep = true;
+  report(opts.progress, "syncing");
+  staged.commit();
   st.overlay_bytes = offset;
   st.seconds_encode = t.seconds();
   st.seconds_total = total.seconds();

@@ -39,7 +39,11 @@ struct CreateOptions {
   int level = kDefaultLevel;  // zstd level, 1..22
   unsigned threads = 0;       // worker threads; 0 = one per core
   bool force = false;         // replace an existing output file
-  ProgressFn progress;        // launch blocks examined, then frames written
+  // Refuse a memory.img that is not whole 4096-byte pages (kUsage): guest RAM
+  // is page-aligned, so such a file is not a VM's memory. The format itself
+  // handles images of any size; tests of those tail blocks turn this off.
+  bool require_page_aligned_memory = true;
+  ProgressFn progress;        // phases: hashing/indexing base, comparing images, encoding frames, syncing
   codec::KeySpec key;         // none: not encrypted; a raw key or a passphrase: encrypted
   codec::ScryptParams scrypt; // passphrase only: scrypt cost (default N=2^15, r=8, p=1)
 };
@@ -59,6 +63,11 @@ struct CreateStats {
   double seconds_total = 0;
 };
 
+// Writes the overlay under a temporary name beside opts.output and renames it
+// into place when complete (io::StagedFile). Polls engine/cancel.h between
+// chunks and frames: a cancel stops it with kInterrupted and removes the
+// temporary file. Refuses (kUsage) an output that is, contains or lies inside
+// the base or launch VM, and thread counts above kMaxThreads.
 CreateStats create_overlay(const CreateOptions& opts);
 
 }  // namespace vmsynth

@@ -581,11 +581,11 @@ class ParallelSynthesis {
     if (s.frame.header.type == format::FrameType::kBlocks) {
       for (const BlockOp& op : s.ops) ++st_.kind_count[static_cast<unsigned>(op.kind)];
       st_.blocks_written += s.ops.size();
-      ++st_.frames;
     }
+    ++st_.frames;
     ++frames_done_;
     progress_ = std::max(progress_, s.end_offset);
-    if (opts_.progress) opts_.progress(progress_, opts_.source_size);
+    report(opts_.progress, "applying", progress_, opts_.source_size);
     s.recycle();
     if (graph_ == nullptr) return;  // final drain: the graph is gone
     for (FrameSlot* r : ready_) {
@@ -647,6 +647,7 @@ WriteBackend parse_write_backend(std::string_view name) {
 
 SynthesizeStats synthesize_parallel(io::ByteSource& src, const SynthesizeOptions& opts) {
   const Stopwatch total;
+  check_synthesize_options(opts);
   if (opts.memory_budget < (16u << 20)) {
     throw Error(ErrorCode::kUsage, "memory budget " + std::to_string(opts.memory_budget) +
                                        " bytes is too small; use at least 16 MiB");
@@ -658,6 +659,7 @@ SynthesizeStats synthesize_parallel(io::ByteSource& src, const SynthesizeOptions
   const VmDir base{opts.base_dir};
 
   Stopwatch t;
+  report(opts.progress, "checking base");
   st.base_id = check_base(base, h, opts.use_base_id_cache);
   st.seconds_base_id = t.seconds();
 
@@ -723,6 +725,7 @@ SynthesizeStats synthesize_parallel(io::ByteSource& src, const SynthesizeOptions
     while (sleep(kWritebackInterval)) out.start_writeback();
   });
   t.restart();
+  report(opts.progress, "applying", 0, opts.source_size);
   try {
     ParallelSynthesis run(opts, reader, out, base_images, clone_started, threads, slot_count, st);
     run.run();
@@ -732,12 +735,14 @@ SynthesizeStats synthesize_parallel(io::ByteSource& src, const SynthesizeOptions
   }
   st.overlay_bytes = reader.bytes_read();
   st.seconds_apply = t.seconds();
+  report(opts.progress, "copying base");  // what the clone still has to copy, if anything
   clone_thread.join();
   clone_done.get();  // a clone that failed after writing began
   flusher.request_stop();
   flusher.join();
 
   t.restart();
+  report(opts.progress, "syncing");
   out.commit();
   st.seconds_sync = t.seconds();
   for (unsigned i = 0; i < format::kImageCount; ++i) st.launch_size[i] = h.launch_size[i];

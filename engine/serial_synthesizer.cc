@@ -21,6 +21,7 @@ using format::OpKind;
 
 SynthesizeStats synthesize_serial(io::ByteSource& src, const SynthesizeOptions& opts) {
   const Stopwatch total;
+  check_synthesize_options(opts);
   SynthesizeStats st;
   st.engine = "serial";
   st.write_backend = "pwrite";
@@ -29,12 +30,14 @@ SynthesizeStats synthesize_serial(io::ByteSource& src, const SynthesizeOptions& 
   const VmDir base{opts.base_dir};
 
   Stopwatch t;
+  report(opts.progress, "checking base");
   st.base_id = check_base(base, h, opts.use_base_id_cache);
   st.seconds_base_id = t.seconds();
 
   LaunchOutput out(base, h, opts.out_dir, opts.force, opts.disk_format);
   st.disk_format = disk_format_name(opts.disk_format);
   t.restart();
+  report(opts.progress, "copying base");
   st.clone_method = out.clone_images(opts.clone);
   st.seconds_clone = t.seconds();
 
@@ -52,9 +55,11 @@ SynthesizeStats synthesize_serial(io::ByteSource& src, const SynthesizeOptions& 
   std::vector<std::byte> prefix, payload;
   std::array<std::byte, kBlockSize> block;
   static const std::array<std::byte, kBlockSize> kZeros{};
+  report(opts.progress, "applying", 0, opts.source_size);
   while (reader.next(frame)) {
     try {
       throw_if_cancelled();  // SIGINT (engine/cancel.h), polled once per frame
+      ++st.frames;
       if (frame.header.type == format::FrameType::kFile) {
         format::FileRecord rec = codec.decode_file_table(frame.header, frame.table());
         validator.check_file(rec.id);
@@ -101,25 +106,21 @@ SynthesizeStats synthesize_serial(io::ByteSource& src, const SynthesizeOptions& 
         ++st.kind_count[static_cast<unsigned>(op.kind)];
         ++st.blocks_written;
       }
-      ++st.frames;
     } catch (Error& e) {
       throw e.with(frame.where());
     }
-    if (opts.progress) opts.progress(reader.bytes_read(), opts.source_size);
+    report(opts.progress, "applying", reader.bytes_read(), opts.source_size);
   }
   st.overlay_bytes = reader.bytes_read();
   st.seconds_apply = t.seconds();
 
   t.restart();
+  report(opts.progress, "syncing");
   out.commit();
   st.seconds_sync = t.seconds();
   for (unsigned i = 0; i < format::kImageCount; ++i) st.launch_size[i] = h.launch_size[i];
   st.seconds_total = total.seconds();
   return st;
-}
-
-SynthesizeStats synthesize(io::ByteSource& src, const SynthesizeOptions& opts) {
-  return opts.engine == EngineKind::kSerial ? synthesize_serial(src, opts) : synthesize_parallel(src, opts);
 }
 
 }  // namespace vmsynth

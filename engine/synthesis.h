@@ -51,7 +51,8 @@ struct SynthesizeOptions {
   std::string base_dir;
   std::string out_dir;
   EngineKind engine = EngineKind::kParallel;
-  unsigned threads = 0;  // parallel engine workers; 0 = one per core
+  unsigned threads = 0;  // parallel engine workers; 0 = one per core, at most kMaxThreads
+                         // (engine/threads.h); the serial engine runs on one thread whatever this says
   bool force = false;    // replace an existing --out
   io::CloneMethod clone = io::CloneMethod::kAuto;  // how output images start from the base
   DiskFormat disk_format = DiskFormat::kRaw;
@@ -61,6 +62,9 @@ struct SynthesizeOptions {
   bool use_base_id_cache = true;
   ProgressFn progress;  // overlay bytes consumed (total = source size, or 0 if unknown)
   uint64_t source_size = 0;  // for progress; 0 = unknown
+  // The overlay's path when it is a file (empty for a pipe or socket): an
+  // output that is, contains or lies inside it is refused like one over the base.
+  std::string overlay_path;
   // Key of an encrypted overlay (none: the overlay must not be encrypted; a
   // key given for an unencrypted overlay is refused with kWrongKey).
   codec::KeySpec key;
@@ -88,6 +92,12 @@ struct SynthesizeStats {
 
 // Runs the engine named in opts over the overlay read from `src`.
 SynthesizeStats synthesize(io::ByteSource& src, const SynthesizeOptions& opts);
+
+// What both engines check before reading the overlay: the base VM directory
+// (check_vm_dir), the thread count, and that out_dir is not, does not contain
+// and does not lie inside the base VM or the overlay file (kUsage, --force or
+// not).
+void check_synthesize_options(const SynthesizeOptions& opts);
 
 SynthesizeStats synthesize_serial(io::ByteSource& src, const SynthesizeOptions& opts);
 SynthesizeStats synthesize_parallel(io::ByteSource& src, const SynthesizeOptions& opts);

@@ -16,6 +16,7 @@
 #include <span>
 
 #include "common/error.h"
+#include "engine/cancel.h"
 #include "engine/vm_dir.h"
 #include "io/file.h"
 
@@ -634,9 +635,11 @@ void write_images(const std::vector<ImageJob>& jobs, const ContentGenerator& gen
   tbb::enumerable_thread_specific<std::vector<std::byte>> buffers(
       [] { return std::vector<std::byte>(kChunkBlocks * kBlock); });
 
+  report(progress, "writing images", 0, total);
   tbb::parallel_for(tbb::blocked_range<uint64_t>(0, chunks, 1), [&](const tbb::blocked_range<uint64_t>& range) {
     std::byte* buf = buffers.local().data();
     for (uint64_t c = range.begin(); c != range.end(); ++c) {
+      throw_if_cancelled();
       uint64_t local = c;
       size_t ji = 0;
       while (local >= jobs[ji].chunks) local -= jobs[ji++].chunks;
@@ -658,7 +661,7 @@ void write_images(const std::vector<ImageJob>& jobs, const ContentGenerator& gen
       done.fetch_add(written);
       if (progress) {
         std::lock_guard<std::mutex> lock(progress_mu);
-        progress(done.load(), total);
+        report(progress, "writing images", done.load(), total);
       }
     }
   });
@@ -842,6 +845,7 @@ PairSpec PairSpec::profile(std::string_view name, uint64_t memory_bytes, uint64_
 
 PairStats generate_pair(const PairSpec& spec, const std::string& out_dir, ProgressFn progress) {
   validate(spec);
+  report(progress, "planning");
   PairStats st;
   Rng r(splitmix64(spec.seed));
   const ContentGenerator gen(spec.seed, spec.edit_max_bytes);

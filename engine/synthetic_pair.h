@@ -170,8 +170,10 @@ struct PairStats {
 // vm.json in each). REQUIRES: spec.memory_bytes >= 1; spec.disk_bytes and
 // spec.disk_growth_bytes multiples of 512, disk_bytes >= 512. Throws
 // vmsynth::Error(kUsage) for an invalid spec, kIo for I/O failures.
-// `progress` (engine/progress.h) receives bytes of image data written so far
-// and the total.
+// `progress` (engine/progress.h) gets the phases "planning" and "writing
+// images" (bytes of image data written so far, and the total). Polls
+// engine/cancel.h between chunks: a cancel stops it with kInterrupted (the
+// caller's staging directory then holds a partial pair).
 PairStats generate_pair(const PairSpec& spec, const std::string& out_dir, ProgressFn progress = {});
 
 }  // namespace vmsynth

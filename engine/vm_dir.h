@@ -7,12 +7,16 @@
 //   devstate.bin  optional: QEMU device state (opaque bytes)
 //   vm.json       optional: the machine description (opaque to the engine)
 //
-// Plain value type; no I/O.
+// VmDir is a plain value type; check_vm_dir() and vm_dir_inputs() stat the
+// directory. Thread safety: free functions, no shared state.
 #pragma once
 
 #include <array>
 #include <string>
 #include <string_view>
+#include <vector>
+
+#include "io/path_alias.h"
 
 namespace vmsynth {
 
@@ -40,5 +44,20 @@ struct VmDir {
   std::string file(std::string_view name) const { return path + "/" + std::string(name); }
   std::string image(ImageKind k) const { return file(image_file_name(k)); }
 };
+
+// Throws Error(kUsage) naming `role` ("base", "launch") and the path unless
+// `d` is an existing directory holding regular files memory.img and disk.img.
+void check_vm_dir(const VmDir& d, std::string_view role);
+
+// Throws Error(kUsage) unless memory.img is a whole number of 4096-byte pages.
+// Overlay creation requires it (guest RAM is page-aligned); synthesis does
+// not, since the format itself describes images of any size and overlays of
+// such images exist (tests/golden).
+void check_memory_pages(const VmDir& d, std::string_view role);
+
+// The directory and each file of `d` (images, devstate.bin, vm.json; present
+// or not), as inputs for io::refuse_output_over_input. The files are listed
+// one by one because any of them may be a link to somewhere else.
+std::vector<io::NamedInput> vm_dir_inputs(const VmDir& d, std::string_view role);
 
 }  // namespace vmsynth

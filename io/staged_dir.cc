@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -32,7 +33,7 @@ SplitPath split_path(std::string path) {
                     ? SplitPath{std::string("."), path}
                     : SplitPath{path.substr(0, std::max<size_t>(slash, 1)), path.substr(slash + 1)};
   if (s.base.empty() || s.base == "." || s.base == ".." || s.base == "/") {
-    throw Error(ErrorCode::kUsage, "'" + path + "' cannot be used as an output directory name");
+    throw Error(ErrorCode::kUsage, "'" + path + "' cannot be used as an output name");
   }
   return s;
 }
@@ -177,7 +178,56 @@ void rename_noreplace(const std::string& from, const std::string& to) {
     throw io_error("cannot rename '" + from + "' to", to, errno);
 }
 
+// The pid in a staging name "<prefix><pid>-<suffix>", or 0 if `name` is not one.
+pid_t staging_pid(const std::string& name, const std::string& prefix) {
+  if (name.rfind(prefix, 0) != 0) return 0;
+  const std::string rest = name.substr(prefix.size());
+  const size_t dash = rest.find('-');
+  if (dash == 0 || dash == std::string::npos || dash > 9) return 0;
+  pid_t pid = 0;
+  for (size_t i = 0; i < dash; ++i) {
+    if (rest[i] < '0' || rest[i] > '9') return 0;
+    pid = pid * 10 + (rest[i] - '0');
+  }
+  return pid;
+}
+
 }  // namespace
+
+unsigned StagedDirectory::remove_stale(const std::string& final_path) {
+  SplitPath p;
+  try {
+    p = split_path(final_path);
+  } catch (const Error&) {
+    return 0;
+  }
+  std::unique_ptr<DIR, int (*)(DIR*)> dir(::opendir(p.parent.c_str()), ::closedir);
+  if (!dir) return 0;
+  const std::string prefixes[] = {"." + p.base + ".partial-", "." + p.base + ".old-"};
+  std::vector<std::string> stale;
+  while (dirent* e = ::readdir(dir.get())) {
+    const std::string name = e->d_name;
+    for (const std::string& prefix : prefixes) {
+      const pid_t pid = staging_pid(name, prefix);
+      if (pid <= 0 || pid == ::getpid()) continue;
+      if (::kill(pid, 0) == 0 || errno != ESRCH) continue;  // alive, or not ours to judge
+      const std::string full = join(p.parent, name);
+      struct stat st;
+      if (::lstat(full.c_str(), &st) != 0 || st.st_uid != ::geteuid()) continue;
+      if (!S_ISDIR(st.st_mode) && !S_ISREG(st.st_mode)) continue;
+      stale.push_back(full);
+    }
+  }
+  unsigned removed = 0;
+  for (const std::string& path : stale) {
+    try {
+      remove_tree(path);
+      ++removed;
+    } catch (const Error&) {
+    }
+  }
+  return removed;
+}
 
 StagedDirectory::StagedDirectory(std::string final_path, bool force)
     : final_path_(std::move(final_path)), force_(force) {
@@ -185,6 +235,7 @@ StagedDirectory::StagedDirectory(std::string final_path, bool force)
   while (final_path_.size() > 1 && final_path_.back() == '/') final_path_.pop_back();
   SplitPath p = split_path(final_path_);
   if (!force_ && exists(final_path_)) throw_exists(final_path_);
+  remove_stale(final_path_);
   for (int attempt = 0;; ++attempt) {
     std::string candidate = sibling_name(p, "partial");
     if (::mkdir(candidate.c_str(), 0777) == 0) {
@@ -276,6 +327,50 @@ void StagedDirectory::remove_tree(const std::string& path) {
   } else if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
     throw io_error("cannot remove", path, errno);
   }
+}
+
+StagedFile::StagedFile(std::string final_path, bool force)
+    : final_path_(std::move(final_path)), force_(force) {
+  SplitPath p = split_path(final_path_);
+  if (!force_ && exists(final_path_)) throw_exists(final_path_);
+  StagedDirectory::remove_stale(final_path_);
+  for (int attempt = 0;; ++attempt) {
+    std::string candidate = sibling_name(p, "partial");
+    int fd = ::open(candidate.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+    if (fd >= 0) {
+      staging_path_ = candidate;
+      file_ = File(fd, std::move(candidate));
+      return;
+    }
+    if (errno != EEXIST || attempt >= 16) throw io_error("cannot create temporary output file", candidate, errno);
+  }
+}
+
+StagedFile::~StagedFile() {
+  if (staging_path_.empty()) return;
+  file_ = File();
+  ::unlink(staging_path_.c_str());
+}
+
+StagedFile::StagedFile(StagedFile&& o) noexcept
+    : final_path_(std::move(o.final_path_)),
+      staging_path_(std::exchange(o.staging_path_, {})),
+      force_(o.force_),
+      file_(std::move(o.file_)) {}
+
+void StagedFile::commit() {
+  if (staging_path_.empty()) throw Error(ErrorCode::kUsage, "output file '" + final_path_ + "' committed twice");
+  file_.sync();
+  file_.close();
+  if (force_) {
+    if (::rename(staging_path_.c_str(), final_path_.c_str()) != 0) {
+      throw io_error("cannot rename '" + staging_path_ + "' to", final_path_, errno);
+    }
+  } else {
+    rename_noreplace(staging_path_, final_path_);
+  }
+  staging_path_.clear();
+  sync_dir(split_path(final_path_).parent);
 }
 
 }  // namespace vmsynth::io

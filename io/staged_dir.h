@@ -10,6 +10,10 @@
 // renameat2(RENAME_EXCHANGE) where supported, else renamed aside first; the old
 // tree is then removed.
 //
+// Creating a StagedDirectory (or a StagedFile) first removes the staging
+// leftovers of the same output that killed processes left behind
+// (remove_stale), so a crash neither blocks nor litters a rerun.
+//
 // Ownership: the object owns the staging directory. Until commit() succeeds
 // the destructor removes it with everything in it (errors ignored). After
 // commit() the final directory belongs to nobody; the object only remembers
@@ -20,6 +24,8 @@
 #pragma once
 
 #include <string>
+
+#include "io/file.h"
 
 namespace vmsynth::io {
 
@@ -53,11 +59,50 @@ class StagedDirectory {
   // be removed.
   static void remove_tree(const std::string& path);
 
+  // Removes the staging leftovers `.<name>.partial-<pid>-*` and
+  // `.<name>.old-<pid>-*` beside final_path (directories or files) whose
+  // process no longer exists. Entries of a live pid (even one reused by an
+  // unrelated process), of this process, or owned by another user are kept.
+  // Best effort: errors are ignored. Returns how many entries were removed.
+  static unsigned remove_stale(const std::string& final_path);
+
  private:
   std::string final_path_;
   std::string staging_path_;  // empty once moved from
   bool force_ = false;
   bool committed_ = false;
+};
+
+// StagedFile: one output file built under a temporary sibling name
+// (`.<name>.partial-<pid>-<random>`, the StagedDirectory scheme) and renamed
+// into place by commit() after an fsync, so a half-written output never sits
+// under its final name. The destructor removes the temporary file unless
+// commit() succeeded. With `force` commit() replaces an existing file
+// atomically (rename); without it an existing final path is kExists, both at
+// construction and at commit. Thread safety: none; one owner. Move-only.
+class StagedFile {
+ public:
+  StagedFile(std::string final_path, bool force);
+  ~StagedFile();
+  StagedFile(StagedFile&& other) noexcept;
+  StagedFile& operator=(StagedFile&&) = delete;
+  StagedFile(const StagedFile&) = delete;
+  StagedFile& operator=(const StagedFile&) = delete;
+
+  // The temporary file, open for writing (created empty, mode 0666 - umask).
+  File& file() { return file_; }
+  const std::string& path() const { return staging_path_; }
+  const std::string& final_path() const { return final_path_; }
+
+  // fsyncs and closes the file, renames it to final_path and fsyncs the
+  // parent directory. REQUIRES: not yet committed.
+  void commit();
+
+ private:
+  std::string final_path_;
+  std::string staging_path_;  // empty once moved from or committed
+  bool force_ = false;
+  File file_;
 };
 
 }  // namespace vmsynth::io

@@ -117,6 +117,11 @@ class UringQueue final : public QueueCommon {
       while (in_kernel_ > 0) reap(true);
     } catch (...) {
     }
+    // The kernel tears a ring down asynchronously (a workqueue item runs after
+    // close), and until then the registered files stay referenced: deleting
+    // them would free their space only later, so a retry right after a
+    // disk-full failure failed too. Unregistering is synchronous.
+    if (fixed_) (void)::io_uring_unregister_files(&ring_);
     ::io_uring_queue_exit(&ring_);
   }
 

@@ -440,7 +440,9 @@ TEST(ParallelSynthesis, CancellationStopsCleanly) {
     }
     clear_cancel();
     // Requested mid-stream, as a SIGINT handler would.
-    o.progress = [](uint64_t, uint64_t) { request_cancel(); };
+    o.progress = [](const Progress& p) {
+      if (p.phase == "applying" && p.done > 0) request_cancel();
+    };
     try {
       testutil::synthesize_file(p.overlay, o);
       ADD_FAILURE() << "no error";

@@ -348,15 +348,20 @@ TEST_F(SyntheticPairTest, DevStateIsMostlyCompressible) {
 TEST_F(SyntheticPairTest, ProgressReachesTotalMonotonically) {
   uint64_t last = 0, total = 0, calls = 0;
   bool monotonic = true;
-  generate_pair(small_typical(), tmp_.path(), [&](uint64_t done, uint64_t t) {
-    monotonic = monotonic && done >= last;
-    last = done;
-    total = t;
+  std::vector<std::string> phases;
+  generate_pair(small_typical(), tmp_.path(), [&](const Progress& p) {
+    if (phases.empty() || phases.back() != p.phase) phases.emplace_back(p.phase);
+    if (p.phase != "writing images") return;
+    monotonic = monotonic && p.done >= last;
+    last = p.done;
+    total = p.total;
     ++calls;
   });
   EXPECT_TRUE(monotonic);
   EXPECT_GT(calls, 1u);
+  EXPECT_GT(total, 0u);
   EXPECT_EQ(last, total);
+  EXPECT_EQ(phases, (std::vector<std::string>{"planning", "writing images"}));
 }
 
 TEST(PairSpecTest, InvalidSpecsAndProfilesAreUsageErrors) {

@@ -1,0 +1,33 @@
+#include "cli/interrupt.h"
+
+#include <signal.h>
+
+#include <atomic>
+
+#include "engine/cancel.h"
+
+namespace vmsynth::cli {
+
+namespace {
+
+std::atomic<int> g_signal{0};
+static_assert(std::atomic<int>::is_always_lock_free);
+
+void on_signal(int sig) {  // async-signal-safe: two lock-free atomic stores
+  g_signal.store(sig, std::memory_order_relaxed);
+  request_cancel();
+}
+
+}  // namespace
+
+void install_interrupt_handlers() {
+  struct sigaction sa {};
+  sa.sa_handler = on_signal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESETHAND | SA_RESTART;
+  for (int sig : {SIGINT, SIGTERM, SIGHUP}) ::sigaction(sig, &sa, nullptr);
+}
+
+int interrupting_signal() { return g_signal.load(std::memory_order_relaxed); }
+
+}  // namespace vmsynth::cli
