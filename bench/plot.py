@@ -57,6 +57,22 @@ def contender_color(name):
     return FALLBACK_COLORS[h % len(FALLBACK_COLORS)]
 
 
+# The stage bars (vmsynth --json "seconds") get colours of their own, the same stage in
+# the same colour in both panels and every file, none of them a contender's.
+STAGE_COLORS = {"base_id": "#8da0cb", "index": "#e78ac3", "classify": "#fc8d62", "encode": "#66c2a5",
+                "clone": "#ffd92f", "apply": "#a6d854", "sync": "#e5c494", "total": "#4d4d4d"}
+STAGE_FALLBACK_COLORS = ["#8dd3c7", "#bebada", "#fb8072", "#80b1d3", "#fdb462", "#fccde5"]
+assert not set(STAGE_COLORS.values()) & (set(CONTENDER_COLORS.values()) | set(FALLBACK_COLORS))
+assert not set(STAGE_FALLBACK_COLORS) & (set(CONTENDER_COLORS.values()) | set(FALLBACK_COLORS))
+
+
+def stage_color(stage):
+    if stage in STAGE_COLORS:
+        return STAGE_COLORS[stage]
+    h = int.from_bytes(hashlib.sha256(stage.encode()).digest()[:8], "big")
+    return STAGE_FALLBACK_COLORS[h % len(STAGE_FALLBACK_COLORS)]
+
+
 def legend(ax, **kw):
     """A legend with one entry per label (bars and points are drawn one by one, each labelled)."""
     handles, labels = ax.get_legend_handles_labels()
@@ -188,7 +204,7 @@ def main():
         for i, k in enumerate(keys):
             xs = [j + (i - (len(keys) - 1) / 2) * width for j in range(len(pairs))]
             ax.bar(xs, [s.get(k, 0.0) for s in stages], width, label=k if k != "total" else "total (wall)",
-                   color="grey" if k == "total" else None)
+                   color=stage_color(k))
         ax.set_xticks(range(len(pairs)))
         ax.set_xticklabels(pairs, fontsize=7)
         ax.set_ylabel("seconds (run with the median total)")

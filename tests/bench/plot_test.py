@@ -10,7 +10,8 @@
            contenders and their order; no two contenders share a colour; every
            bar and line drawn has a legend entry of its own label and colour;
            a contender missing from the table gets a colour from a stable hash
-           of its name, outside the table. The figures are inspected as
+           of its name, outside the table; each stage of the stages plot keeps
+           one colour, none a contender's. The figures are inspected as
            matplotlib objects (captured at savefig), not as pixels.
 
 Usage: tests/bench/plot_test.py SOURCE_DIR [render|colours]...   (default: both)
@@ -240,15 +241,29 @@ def test_colours(src):
         subsets_ok = not errors
 
         # 2. Every committed result: legends complete, one colour per contender across
-        # all of them, no two contenders alike, every contender in the table.
-        seen, committed = {}, set()
+        # all of them, no two contenders alike, every contender in the table. The
+        # stages plot's stages: one colour per stage in both panels and every file,
+        # no two stages alike, none a contender's colour.
+        seen, committed, stages = {}, set(), {}
         for path in sorted(glob.glob(os.path.join(perf, "e2e-*.json"))):
             r = json.load(open(path))
             committed |= contenders_of(r)
             figs = figures(plot, path, work)
             check_legends(os.path.basename(path), figs, errors)
             legend_colours(figs, contenders_of(r), seen, os.path.basename(path))
+            for ax in figs["stages"].axes:
+                for label, colour in legend_entries(ax):
+                    stages.setdefault(label, set()).add(colour)
         check_one_colour_each(seen, errors, plot)
+        contender_colours = {c for cs in seen.values() for c, _ in cs}
+        for label, cs in sorted(stages.items()):
+            if len(cs) > 1:
+                errors.append(f"stage {label} is drawn in {sorted(cs)}")
+            if cs & contender_colours:
+                errors.append(f"stage {label} is drawn in a contender's colour {sorted(cs & contender_colours)}")
+        for c in {c for cs in stages.values() for c in cs}:
+            if len([label for label, cs in stages.items() if c in cs]) > 1:
+                errors.append(f"stages {sorted(label for label, cs in stages.items() if c in cs)} share {c}")
         table = getattr(plot, "CONTENDER_COLORS", {})
         for n in sorted(committed - set(table)):
             errors.append(f"committed contender {n} is not in plot.py's CONTENDER_COLORS")
