@@ -90,7 +90,7 @@ def grouped_bars(ax, pairs, names, value, label_missing):
                 ax.text(x, 0, label_missing(p, n), rotation=90, ha="center", va="bottom", fontsize=7)
                 continue
             ax.bar(x, v, width, color=contender_color(n), label=n)
-            ax.text(x, v, f"{v:.3g}", ha="center", va="bottom", fontsize=6)
+            ax.text(x, v, f"{v:.3g}" if v < 1000 else f"{v:.0f}", ha="center", va="bottom", fontsize=6)
     ax.set_xticks(range(len(pairs)))
     ax.set_xticklabels(pairs, fontsize=8)
     legend(ax, fontsize=7)
