@@ -12,8 +12,10 @@
 
 Usage: bench/plot.py perf-data/e2e-DATE.json [--out-dir perf-data]
 Bars of a contender that refused or timed out are absent and labelled.
+Every contender has one colour in every plot (CONTENDER_COLORS below).
 """
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -24,8 +26,58 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 PEERS = ["vmsynth-default", "vmsynth-max", "elijah", "zstd", "casync"]
-COLORS = {"vmsynth-default": "#1f77b4", "vmsynth-max": "#6baed6", "vmsynth": "#1f77b4", "elijah": "#d62728",
-          "zstd": "#2ca02c", "casync": "#9467bd", "floor": "#7f7f7f", "vmsynth-serial": "#17becf"}
+
+# One colour per contender, the same in every plot of every result file (issue #12),
+# keyed by the names bench/run writes. Distinct contenders never share a colour.
+CONTENDER_COLORS = {
+    "vmsynth-default": "#1f77b4",     # blue         overlay create, default level
+    "vmsynth-max": "#6baed6",         # light blue   overlay create --level max
+    "vmsynth": "#08306b",             # navy         streamed synthesize (time to VM)
+    "vmsynth-serial": "#17becf",      # cyan         synthesize --engine serial
+    "vmsynth-parallel-1": "#ffbb78",  # light orange synthesize, parallel engine, 1 thread
+    "vmsynth-parallel-2": "#ff7f0e",  # orange       synthesize, parallel engine, 2 threads
+    "elijah": "#d62728",              # red          xdelta3 + xz
+    "zstd": "#2ca02c",                # green        zstd --patch-from
+    "casync": "#9467bd",              # purple       casync
+    "floor": "#7f7f7f",               # grey         cp of the launch images (the floor)
+}
+# A contender the table does not know (vmsynth-parallel-4 on a bigger machine, a new
+# peer) gets one of these, chosen by a stable hash of its name: the same colour in every
+# plot and every run, never one of the table's. Two unknown names may collide: give
+# them entries in the table.
+FALLBACK_COLORS = ["#8c564b", "#e377c2", "#bcbd22", "#7b4173", "#e7ba52", "#637939", "#c49c94", "#5254a3"]
+assert not set(FALLBACK_COLORS) & set(CONTENDER_COLORS.values())
+assert len(set(CONTENDER_COLORS.values())) == len(CONTENDER_COLORS)
+
+
+def contender_color(name):
+    if name in CONTENDER_COLORS:
+        return CONTENDER_COLORS[name]
+    h = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big")
+    return FALLBACK_COLORS[h % len(FALLBACK_COLORS)]
+
+
+# The stage bars (vmsynth --json "seconds") get colours of their own, the same stage in
+# the same colour in both panels and every file, none of them a contender's.
+STAGE_COLORS = {"base_id": "#8da0cb", "index": "#e78ac3", "classify": "#fc8d62", "encode": "#66c2a5",
+                "clone": "#ffd92f", "apply": "#a6d854", "sync": "#e5c494", "total": "#4d4d4d"}
+STAGE_FALLBACK_COLORS = ["#8dd3c7", "#bebada", "#fb8072", "#80b1d3", "#fdb462", "#fccde5"]
+assert not set(STAGE_COLORS.values()) & (set(CONTENDER_COLORS.values()) | set(FALLBACK_COLORS))
+assert not set(STAGE_FALLBACK_COLORS) & (set(CONTENDER_COLORS.values()) | set(FALLBACK_COLORS))
+
+
+def stage_color(stage):
+    if stage in STAGE_COLORS:
+        return STAGE_COLORS[stage]
+    h = int.from_bytes(hashlib.sha256(stage.encode()).digest()[:8], "big")
+    return STAGE_FALLBACK_COLORS[h % len(STAGE_FALLBACK_COLORS)]
+
+
+def legend(ax, **kw):
+    """A legend with one entry per label (bars and points are drawn one by one, each labelled)."""
+    handles, labels = ax.get_legend_handles_labels()
+    seen = dict(zip(labels, handles))
+    ax.legend(seen.values(), seen.keys(), **kw)
 
 
 def grouped_bars(ax, pairs, names, value, label_missing):
@@ -37,13 +89,11 @@ def grouped_bars(ax, pairs, names, value, label_missing):
             if v is None or (isinstance(v, float) and math.isnan(v)):
                 ax.text(x, 0, label_missing(p, n), rotation=90, ha="center", va="bottom", fontsize=7)
                 continue
-            ax.bar(x, v, width, color=COLORS.get(n, None), label=n if i == 0 else None)
-            ax.text(x, v, f"{v:.3g}", ha="center", va="bottom", fontsize=6)
+            ax.bar(x, v, width, color=contender_color(n), label=n)
+            ax.text(x, v, f"{v:.3g}" if v < 1000 else f"{v:.0f}", ha="center", va="bottom", fontsize=6)
     ax.set_xticks(range(len(pairs)))
     ax.set_xticklabels(pairs, fontsize=8)
-    handles, labels = ax.get_legend_handles_labels()
-    seen = dict(zip(labels, handles))
-    ax.legend(seen.values(), seen.keys(), fontsize=7)
+    legend(ax, fontsize=7)
 
 
 def missing(section):
@@ -130,7 +180,8 @@ def main():
     if plotted == 0:
         ax.text(0.5, 0.5, "not measured (needs vmsynth-serial and vmsynth-parallel-N)",
                 ha="center", va="center", transform=ax.transAxes, fontsize=8)
-    ax.axhline(1, color="grey", lw=0.5)
+    else:
+        ax.axhline(1, color="grey", lw=0.5, label="1 = as fast as serial")
     ax.set_xlabel("threads")
     ax.set_ylabel("speedup over --engine serial")
     ax.set_title(f"vmsynth parallel synthesis ({r['machine']['cores']} cores)")
@@ -153,7 +204,7 @@ def main():
         for i, k in enumerate(keys):
             xs = [j + (i - (len(keys) - 1) / 2) * width for j in range(len(pairs))]
             ax.bar(xs, [s.get(k, 0.0) for s in stages], width, label=k if k != "total" else "total (wall)",
-                   color="grey" if k == "total" else None)
+                   color=stage_color(k))
         ax.set_xticks(range(len(pairs)))
         ax.set_xticklabels(pairs, fontsize=7)
         ax.set_ylabel("seconds (run with the median total)")
@@ -166,18 +217,18 @@ def main():
     for ax, p in zip(axes[0], pairs):
         links = P[p]["stream"]["links"]
         speeds = sorted(int(m) for m in links)
-        for n in ["vmsynth", "elijah", "zstd", "casync"]:
+        measured = []
+        for n in sorted({n for l in links.values() for n in l}, key=lambda n: (n != "vmsynth", n)):
             pts = [(m, links[str(m)][n]) for m in speeds if n in links[str(m)]]
-            if not pts:
-                continue
             ys = [x.get("median_seconds", x.get("seconds")) for _, x in pts]
-            ax.plot([m for m, _ in pts], ys, marker="o", color=COLORS[n], label=n)
+            ax.plot([m for m, _ in pts], ys, marker="o", color=contender_color(n), label=n)
             run_ys = [x.get("running_seconds") for _, x in pts]
             if all(y is not None for y in run_ys):
-                ax.plot([m for m, _ in pts], run_ys, ls="--", marker=".", color=COLORS[n], label=f"{n}, running")
-            for (m, x), y in zip(pts, ys):
-                if x.get("how", "").startswith("measured"):
-                    ax.plot([m], [y], marker="o", mfc="none", mec="black", ms=10)
+                ax.plot([m for m, _ in pts], run_ys, ls="--", marker=".", color=contender_color(n),
+                        label=f"{n}, running")
+            measured += [(m, y) for (m, x), y in zip(pts, ys) if x.get("how", "").startswith("measured")]
+        if measured:
+            ax.plot(*zip(*measured), ls="none", marker="o", mfc="none", mec="black", ms=10, label="measured (circled)")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xticks(speeds)
@@ -185,7 +236,7 @@ def main():
         ax.set_xlabel("link (Mbit/s)")
         ax.set_ylabel("seconds until images ready" + (" / VM running (dashed)" if "resume" in P[p] else ""))
         ax.set_title(p, fontsize=9)
-        ax.legend(fontsize=7, title="circled = measured", title_fontsize=6)
+        legend(ax, fontsize=7, handlelength=3)
     save(fig, "time-to-vm")
 
 
