@@ -57,8 +57,8 @@ int report(const vmsynth::Error& e, bool json) {
   }
   if (e.code() == vmsynth::ErrorCode::kInterrupted) {
     if (int sig = vmsynth::cli::interrupting_signal(); sig != 0) {
-      std::fprintf(stderr, "vmsynth: interrupted by %s: %s\n", sigabbrev_np(sig) ? sigabbrev_np(sig) : "a signal",
-                   e.message().c_str());
+      const char* abbrev = sigabbrev_np(sig);
+      std::fprintf(stderr, "vmsynth: interrupted by SIG%s: %s\n", abbrev ? abbrev : "NAL", e.message().c_str());
       return static_cast<int>(e.code());
     }
   }

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include <tbb/enumerable_thread_specific.h>
+#include <tbb/global_control.h>
 #include <tbb/parallel_for.h>
 #include <tbb/parallel_pipeline.h>
 #include <tbb/task_arena.h>
@@ -239,6 +240,13 @@ CreateStats create_overlay(const CreateOptions& opts) {
 
   CreateStats st;
   const Stopwatch total;
+  // oneTBB caps its workers at the core count unless told otherwise, and says
+  // so on stderr when an arena asks for more; --threads above the core count
+  // (oversubscription, for scaling runs) needs the cap raised. Like the
+  // parallel synthesizer, this is process-wide until the arena-per-handle
+  // rework of the library front door.
+  std::optional<tbb::global_control> workers;
+  if (opts.threads > 0) workers.emplace(tbb::global_control::max_allowed_parallelism, opts.threads);
   tbb::task_arena arena(opts.threads == 0 ? tbb::task_arena::automatic : static_cast<int>(opts.threads));
 
   Stopwatch t;

@@ -114,6 +114,7 @@ SynthesizeStats synthesize_serial(io::ByteSource& src, const SynthesizeOptions& 
   st.overlay_bytes = reader.bytes_read();
   st.seconds_apply = t.seconds();
 
+  throw_if_cancelled();  // a signal during the last frame: do not commit
   t.restart();
   report(opts.progress, "syncing");
   out.commit();

@@ -64,22 +64,23 @@ void refuse_output_over_input(std::string_view output_option, const std::string&
                               const std::vector<NamedInput>& inputs) {
   const std::optional<FileId> out_id = id_of(output);
   const std::vector<FileId> out_chain = ancestry(output);
-  for (const NamedInput& in : inputs) {
-    const std::optional<FileId> in_id = id_of(in.path);
-    if (!in_id) continue;
-    const char* relation = nullptr;
-    if (out_id && *out_id == *in_id) {
-      relation = "is";
-    } else if (out_id && contains(ancestry(in.path), *out_id)) {
-      relation = "contains";
-    } else if (contains(out_chain, *in_id)) {
-      relation = "lies inside";
+  // The most specific relation wins: "-o BASE/disk.img" is the base's disk
+  // image before it is something inside the base directory.
+  enum Relation { kIs, kContains, kLiesInside };
+  for (Relation r : {kIs, kContains, kLiesInside}) {
+    for (const NamedInput& in : inputs) {
+      const std::optional<FileId> in_id = id_of(in.path);
+      if (!in_id) continue;
+      const bool hit = r == kIs         ? out_id && *out_id == *in_id
+                       : r == kContains ? out_id && *out_id != *in_id && contains(ancestry(in.path), *out_id)
+                                        : contains(out_chain, *in_id);
+      if (!hit) continue;
+      const char* relation = r == kIs ? "is" : r == kContains ? "contains" : "lies inside";
+      throw Error(ErrorCode::kUsage, std::string(output_option) + " '" + output + "' " + relation + " the " +
+                                         in.role + " '" + in.path +
+                                         "': an output may not be, contain or lie inside an input, and --force "
+                                         "does not change that; choose another output path");
     }
-    if (relation == nullptr) continue;
-    throw Error(ErrorCode::kUsage, std::string(output_option) + " '" + output + "' " + relation + " the " + in.role +
-                                       " '" + in.path +
-                                       "': an output may not be, contain or lie inside an input, and --force does "
-                                       "not change that; choose another output path");
   }
 }
 
