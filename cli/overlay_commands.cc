@@ -127,9 +127,18 @@ void add_info(CLI::App& overlay) {
     KeyOptions key;
   };
   auto args = std::make_shared<Args>();
-  CLI::App* c = overlay.add_subcommand("info", "Describe an overlay (base id, sizes, ops) without decoding payloads.");
+  CLI::App* c = overlay.add_subcommand(
+      "info", "Describe an overlay (base id, sizes, ops) from its headers and op tables; payloads and block hashes "
+              "are not checked (that is 'overlay verify').");
   c->add_option("file", args->file, "Overlay file, or - for standard input")->required();
   args->key.add_to(*c, "of an encrypted overlay (optional: without it only the clear headers are shown, unverified)");
+  c->footer(
+      "Checked: the file header, every frame header, op table and file record (checksums, limits, order) and the "
+      "end frame. With the key of an encrypted overlay, those are also authenticated. Not checked: payloads "
+      "(checksums, GCM tags, decompression), block and file hashes and the op rules; 'vmsynth overlay verify' "
+      "checks them. In --json, \"authenticated\" means the headers, op tables and trailer were authenticated with "
+      "the key (false for an unencrypted overlay, which has checksums only); \"payloads_authenticated\" and "
+      "\"payloads_checked\" are always false.\n");
   c->add_flag("--json", args->json, "Print the result as JSON");
   c->callback([args] {
     auto src = io::open_source(args->file);
@@ -152,7 +161,12 @@ void add_info(CLI::App& overlay) {
           {"encrypted", h.encrypted()},
           {"cipher", h.encrypted() ? "aes-256-gcm" : "none"},
           {"key_derivation", kdf},
-          {"authenticated", info.authenticated},
+          // Headers, op tables, file records and trailer only (see the footer).
+          {"authenticated", info.headers_authenticated},
+          {"payloads_authenticated", false},
+          {"payloads_checked", false},
+          {"checked", info.checked()},
+          {"not_checked", info.not_checked()},
           {"tables_decoded", info.tables_decoded},
           {"overlay_bytes", info.overlay_bytes},
           {"frames", info.frames},
@@ -180,8 +194,9 @@ void add_info(CLI::App& overlay) {
              std::to_string(h.kdf_p) + ")";
       }
       std::printf("encrypted AES-256-GCM, key from %s; %s\n", k.c_str(),
-                  info.authenticated ? "authenticated with the given key"
-                                     : "NOT authenticated (no key given): the headers shown are unverified");
+                  info.headers_authenticated
+                      ? "headers and op tables authenticated with the given key (payloads not)"
+                      : "NOT authenticated (no key given): the headers shown are unverified");
     }
     std::printf("ops:\n");
     print_kinds(info.kind_count);
@@ -191,6 +206,8 @@ void add_info(CLI::App& overlay) {
       std::printf("file      %s: %s -> %s stored%s\n", f.name.c_str(), human_bytes(f.size).c_str(),
                   human_bytes(f.stored).c_str(), f.base_prefix ? " (delta against the base's copy)" : "");
     }
+    std::printf("checked:     %s\n", info.checked().c_str());
+    std::printf("not checked: %s; run 'vmsynth overlay verify' to check them\n", info.not_checked().c_str());
   });
 }
 

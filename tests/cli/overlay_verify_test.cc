@@ -1,5 +1,7 @@
-// `vmsynth overlay verify` through the real vmsynth binary: exit codes,
-// messages naming the frame, the JSON counts.
+// `vmsynth overlay verify` and what `vmsynth overlay info` says it did not
+// check, through the real vmsynth binary: exit codes, messages naming the
+// frame, the JSON counts, and that info never claims payload checks or
+// payload authentication it did not do.
 #include <gtest/gtest.h>
 
 #include <string>
@@ -177,6 +179,40 @@ TEST_F(VerifyCommand, HelpSaysWhatIsNotCheckedWithoutTheBase) {
   r = vmsynth({"overlay", "info", "--help"});
   EXPECT_EQ(r.status, 0);
   EXPECT_NE(r.out.find("overlay verify"), std::string::npos) << r.out;
+}
+
+// ---- overlay info does not claim what it did not check ------------------------
+
+TEST_F(VerifyCommand, InfoOnAFlippedPayloadSaysPayloadsWereNotChecked) {
+  const std::string bad = flipped_payload();
+  auto j = json_of(vmsynth({"overlay", "info", bad, "--json"}));  // info cannot see the damage
+  EXPECT_EQ(j["payloads_checked"], false);
+  EXPECT_EQ(j["payloads_authenticated"], false);
+  EXPECT_EQ(j["authenticated"], false);  // unencrypted: nothing is authenticated
+  EXPECT_EQ(j["checked"].get<std::string>().find("payload"), std::string::npos) << j["checked"];
+  EXPECT_NE(j["not_checked"].get<std::string>().find("payloads"), std::string::npos) << j["not_checked"];
+  EXPECT_NE(j["not_checked"].get<std::string>().find("block and file contents"), std::string::npos);
+  auto r = vmsynth({"overlay", "info", bad});
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("not checked: payloads"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("vmsynth overlay verify"), std::string::npos) << r.out;
+  // What info missed, verify finds.
+  EXPECT_EQ(vmsynth({"overlay", "verify", bad}).status, 3);
+}
+
+TEST_F(VerifyCommand, InfoAuthenticatesHeadersOnlyAndSaysSo) {
+  auto with = json_of(vmsynth({"overlay", "info", dir_ / "sealed.vmo", "--key-file", dir_ / "key", "--json"}));
+  EXPECT_EQ(with["authenticated"], true);  // headers, op tables, file records, trailer
+  EXPECT_EQ(with["payloads_authenticated"], false);
+  EXPECT_EQ(with["payloads_checked"], false);
+  EXPECT_NE(with["checked"].get<std::string>().find("authenticated with the key"), std::string::npos);
+  EXPECT_NE(with["not_checked"].get<std::string>().find("GCM tags"), std::string::npos) << with["not_checked"];
+  auto without = json_of(vmsynth({"overlay", "info", dir_ / "sealed.vmo", "--json"}));
+  EXPECT_EQ(without["authenticated"], false);
+  EXPECT_EQ(without["tables_decoded"], false);
+  EXPECT_NE(without["not_checked"].get<std::string>().find("nothing authenticated"), std::string::npos);
+  auto r = vmsynth({"overlay", "info", dir_ / "sealed.vmo", "--key-file", dir_ / "key"});
+  EXPECT_NE(r.out.find("(payloads not)"), std::string::npos) << r.out;
 }
 
 }  // namespace
