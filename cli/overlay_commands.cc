@@ -134,7 +134,8 @@ void add_info(CLI::App& overlay) {
   args->key.add_to(*c, "of an encrypted overlay (optional: without it only the clear headers are shown, unverified)");
   c->footer(
       "Checked: the file header, every frame header, op table and file record (checksums, limits, order) and the "
-      "end frame. With the key of an encrypted overlay, those are also authenticated. Not checked: payloads "
+      "end frame. With the key of an encrypted overlay, those are also authenticated; without it, only the clear "
+      "file and frame headers are checked, and nothing is authenticated. Not checked: payloads "
       "(checksums, GCM tags, decompression), block and file hashes and the op rules; 'vmsynth overlay verify' "
       "checks them. In --json, \"authenticated\" means the headers, op tables and trailer were authenticated with "
       "the key (false for an unencrypted overlay, which has checksums only); \"payloads_authenticated\" and "
