@@ -1,8 +1,8 @@
-// The key options shared by `overlay create`, `overlay info` and `synthesize`:
-// --key-file FILE (32 raw bytes or 64 hex characters) and --passphrase-file
-// FILE (the passphrase; one trailing line break is ignored). Reads the file
-// and returns the codec::KeySpec; the secret never appears on the command
-// line, in the environment or in messages.
+// The key options shared by `overlay create`, `overlay info`, `overlay
+// verify` and `synthesize`: --key-file FILE (32 raw bytes or 64 hex
+// characters) and --passphrase-file FILE (the passphrase; one trailing line
+// break is ignored). Reads the file and returns the codec::KeySpec; the secret
+// never appears on the command line, in the environment or in messages.
 #pragma once
 
 #include <string>

@@ -1,4 +1,5 @@
-// `vmsynth overlay create` and `vmsynth overlay info`.
+// `vmsynth overlay create`, `vmsynth overlay info` and `vmsynth overlay verify`.
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -14,6 +15,7 @@
 #include "common/error.h"
 #include "engine/overlay_creator.h"
 #include "engine/overlay_info.h"
+#include "engine/overlay_verify.h"
 #include "engine/threads.h"
 #include "io/byte_source.h"
 
@@ -133,9 +135,19 @@ void add_info(CLI::App& overlay) {
     KeyOptions key;
   };
   auto args = std::make_shared<Args>();
-  CLI::App* c = overlay.add_subcommand("info", "Describe an overlay (base id, sizes, ops) without decoding payloads.");
+  CLI::App* c = overlay.add_subcommand(
+      "info", "Describe an overlay (base id, sizes, ops) from its headers and op tables; payloads and block hashes "
+              "are not checked (that is 'overlay verify').");
   c->add_option("file", args->file, "Overlay file, or - for standard input")->required();
   args->key.add_to(*c, "of an encrypted overlay (optional: without it only the clear headers are shown, unverified)");
+  c->footer(
+      "Checked: the file header, every frame header, op table and file record (checksums, limits, order) and the "
+      "end frame. With the key of an encrypted overlay, those are also authenticated; without it, only the clear "
+      "file and frame headers are checked, and nothing is authenticated. Not checked: payloads "
+      "(checksums, GCM tags, decompression), block and file hashes and the op rules; 'vmsynth overlay verify' "
+      "checks them. In --json, \"authenticated\" means the headers, op tables and trailer were authenticated with "
+      "the key (false for an unencrypted overlay, which has checksums only); \"payloads_authenticated\" and "
+      "\"payloads_checked\" are always false.\n");
   c->add_flag("--json", args->json, "Print the result as JSON");
   c->callback([args] {
     auto src = io::open_source(args->file);
@@ -158,7 +170,12 @@ void add_info(CLI::App& overlay) {
           {"encrypted", h.encrypted()},
           {"cipher", h.encrypted() ? "aes-256-gcm" : "none"},
           {"key_derivation", kdf},
-          {"authenticated", info.authenticated},
+          // Headers, op tables, file records and trailer only (see the footer).
+          {"authenticated", info.headers_authenticated},
+          {"payloads_authenticated", false},
+          {"payloads_checked", false},
+          {"checked", info.checked()},
+          {"not_checked", info.not_checked()},
           {"tables_decoded", info.tables_decoded},
           {"overlay_bytes", info.overlay_bytes},
           {"frames", info.frames},
@@ -186,8 +203,9 @@ void add_info(CLI::App& overlay) {
              std::to_string(h.kdf_p) + ")";
       }
       std::printf("encrypted AES-256-GCM, key from %s; %s\n", k.c_str(),
-                  info.authenticated ? "authenticated with the given key"
-                                     : "NOT authenticated (no key given): the headers shown are unverified");
+                  info.headers_authenticated
+                      ? "headers and op tables authenticated with the given key (payloads not)"
+                      : "NOT authenticated (no key given): the headers shown are unverified");
     }
     std::printf("ops:\n");
     print_kinds(info.kind_count);
@@ -197,16 +215,101 @@ void add_info(CLI::App& overlay) {
       std::printf("file      %s: %s -> %s stored%s\n", f.name.c_str(), human_bytes(f.size).c_str(),
                   human_bytes(f.stored).c_str(), f.base_prefix ? " (delta against the base's copy)" : "");
     }
+    std::printf("checked:     %s\n", info.checked().c_str());
+    std::printf("not checked: %s; run 'vmsynth overlay verify' to check them\n", info.not_checked().c_str());
+  });
+}
+
+void add_verify(CLI::App& overlay) {
+  struct Args {
+    std::string file, base;
+    bool json = false, quiet = false;
+    KeyOptions key;
+  };
+  auto args = std::make_shared<Args>();
+  CLI::App* c = overlay.add_subcommand(
+      "verify", "Check a whole overlay without synthesizing it (like zstd -t): every checksum, GCM tag, op table, "
+                "op rule and block hash. Writes no VM.");
+  c->add_option("file", args->file, "Overlay file, or - for standard input")->required();
+  c->add_option("--base", args->base,
+                "Base VM directory (only read): checks that it is the overlay's base, then also the blocks "
+                "that need it (DELTA, BASE_COPY, ...)");
+  args->key.add_to(*c, "of an encrypted overlay (required to verify one)");
+  c->add_flag("--json", args->json, "Print the result as JSON");
+  add_quiet_flag(*c, args->quiet);
+  c->footer(
+      "Without --base, blocks whose content comes from the base VM cannot be reconstructed: DELTA blocks and the "
+      "other payload blocks of their frames (one zstd frame compressed against base blocks), BASE_COPY blocks, "
+      "files encoded against the base's copy, and SELF_COPY blocks copying those. Their stored payloads' "
+      "checksums and GCM tags are still verified; the blocks are reported as not checked (blocks_not_checked, "
+      "not_checked_reason) and the exit status is 0 if everything else is intact. With --base, the base's id is "
+      "checked first, as synthesize does (its base id may be cached the same way), and every block is checked.\n"
+      "Exit status: 0 intact, 3 corrupt (the message names the frame, its byte offset and the block), 4 wrong "
+      "base, 5 wrong or missing key, 2 usage, 6 I/O, 7 unsupported version or feature.\n");
+  c->callback([args] {
+    VerifyOptions o;
+    o.key = args->key.load();
+    o.base_dir = args->base;
+    struct stat st;
+    if (args->file != "-" && ::stat(args->file.c_str(), &st) == 0 && S_ISREG(st.st_mode)) {
+      o.source_size = static_cast<uint64_t>(st.st_size);
+    }
+    auto src = io::open_source(args->file);
+    install_interrupt_handlers();
+    TerminalProgress progress("verifying overlay", args->quiet);
+    o.progress = progress.callback();
+    VerifyStats s = verify_overlay(*src, o);
+    progress.finish();
+    const bool encrypted = s.header.encrypted();
+    if (args->json) {
+      nlohmann::json not_checked;
+      for (unsigned k = 0; k < format::kOpKindCount; ++k) not_checked[kind_name(k)] = s.not_checked_by_kind[k];
+      nlohmann::json j = {{"ok", true},
+                          {"overlay", args->file},
+                          {"overlay_bytes", s.overlay_bytes},
+                          {"encrypted", encrypted},
+                          {"authenticated", s.authenticated},
+                          {"base_id", s.header.base_id.hex()},
+                          {"base_checked", s.base_checked},
+                          {"frames", s.frames},
+                          {"block_frames", s.block_frames},
+                          {"file_frames", s.file_frames},
+                          {"blocks_checked", s.blocks_checked},
+                          {"blocks_not_checked", s.blocks_not_checked},
+                          {"blocks_not_checked_by_kind", not_checked},
+                          {"files_checked", s.files_checked},
+                          {"files_not_checked", s.files_not_checked},
+                          {"not_checked_reason", s.not_checked_reason},
+                          {"seconds", {{"base_id", s.seconds_base_id}, {"total", s.seconds_total}}}};
+      std::printf("%s\n", j.dump(2).c_str());
+      return;
+    }
+    std::printf("overlay %s: intact; %s, %llu frames, %llu blocks and %llu files checked in %.2f s\n",
+                args->file.c_str(), human_bytes(s.overlay_bytes).c_str(), static_cast<unsigned long long>(s.frames),
+                static_cast<unsigned long long>(s.blocks_checked), static_cast<unsigned long long>(s.files_checked),
+                s.seconds_total);
+    std::printf("%s\n", encrypted ? "authenticated: every AES-256-GCM tag verified with the given key"
+                                  : "not encrypted: checksums and hashes detect damage, not deliberate tampering");
+    if (s.base_checked) {
+      std::printf("base      %s is the overlay's base (id %s)\n", args->base.c_str(), s.base_id.hex().c_str());
+    }
+    if (!s.everything_checked()) {
+      std::printf("NOT CHECKED: %llu blocks and %llu files: %s%s\n",
+                  static_cast<unsigned long long>(s.blocks_not_checked),
+                  static_cast<unsigned long long>(s.files_not_checked), s.not_checked_reason.c_str(),
+                  s.base_checked ? "" : " (give --base DIR to check them)");
+    }
   });
 }
 
 }  // namespace
 
 void add_overlay_commands(CLI::App& app) {
-  CLI::App* overlay = app.add_subcommand("overlay", "Create or inspect VM overlays.");
+  CLI::App* overlay = app.add_subcommand("overlay", "Create, inspect or verify VM overlays.");
   overlay->require_subcommand(1);
   add_create(*overlay);
   add_info(*overlay);
+  add_verify(*overlay);
 }
 
 }  // namespace vmsynth::cli

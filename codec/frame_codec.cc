@@ -189,14 +189,25 @@ FileRecord FrameCodec::decode_file_table(const FrameHeader& h, std::span<const s
   return r;
 }
 
-void FrameCodec::decode_payload(const FrameHeader& h, std::span<const std::byte> stored,
-                                std::span<const std::byte> prefix, std::span<std::byte> dst) {
+std::span<const std::byte> FrameCodec::open_stored_payload(const FrameHeader& h, std::span<const std::byte> stored) {
   check_sealing(h, keys_.get());
   verify(h.payload_checksum, stored, "payload");
+  // decode_frame_header guarantees that a payload is empty in both size
+  // fields or in neither, so an empty one has nothing to open.
+  if (!keys_ || stored.empty()) return stored;
+  return open_payload(*keys_, h, stored, plain_, "payload");
+}
+
+void FrameCodec::decode_payload(const FrameHeader& h, std::span<const std::byte> stored,
+                                std::span<const std::byte> prefix, std::span<std::byte> dst) {
   if (dst.size() != h.payload_raw) throw_corrupt("payload buffer size mismatch");
+  std::span<const std::byte> payload = open_stored_payload(h, stored);
   if (dst.empty()) return;
-  std::span<const std::byte> payload = keys_ ? open_payload(*keys_, h, stored, plain_, "payload") : stored;
   decompressor_.decompress(payload, prefix, dst, "payload");
+}
+
+void FrameCodec::check_payload(const FrameHeader& h, std::span<const std::byte> stored) {
+  (void)open_stored_payload(h, stored);
 }
 
 format::Trailer FrameCodec::decode_end(const FrameHeader& h, std::span<const std::byte> stored, const FrameKeys* keys) {

@@ -64,12 +64,22 @@ class FrameCodec {
   // into dst (h.payload_raw bytes).
   void decode_payload(const format::FrameHeader& h, std::span<const std::byte> stored,
                       std::span<const std::byte> prefix, std::span<std::byte> dst);
+  // What decode_payload checks before it decompresses: the payload checksum
+  // and, for a sealed payload, its GCM tag. For a payload whose reference
+  // prefix (base VM blocks or a base VM file) is not at hand, as in `overlay
+  // verify` without --base: a zstd frame cannot be decompressed without its
+  // prefix, but its stored bytes can still be shown intact and authentic.
+  void check_payload(const format::FrameHeader& h, std::span<const std::byte> stored);
   static format::Trailer decode_end(const format::FrameHeader& h, std::span<const std::byte> stored,
                                     const FrameKeys* keys);
 
   bool sealed() const { return keys_ != nullptr; }
 
  private:
+  // Checks sealing and the payload checksum, and opens a sealed payload;
+  // returns the zstd frame (in plain_ when sealed).
+  std::span<const std::byte> open_stored_payload(const format::FrameHeader& h, std::span<const std::byte> stored);
+
   std::shared_ptr<const FrameKeys> keys_;  // null: plain overlay
   ZstdCompressor compressor_;
   ZstdDecompressor decompressor_;

@@ -197,26 +197,9 @@ void LaunchOutput::read_block(format::BlockAddress a, std::span<std::byte> out) 
 
 void LaunchOutput::apply_file_frame(codec::FrameCodec& codec, const format::FrameHeader& h,
                                     std::span<const std::byte> table, std::span<const std::byte> payload) {
-  format::FileRecord rec = codec.decode_file_table(h, table);
-  const std::string name(format::file_id_name(rec.id));
-  std::string prefix;
-  if (rec.encoding == format::FileEncoding::kZstdBasePrefix) {
-    std::string p = base_.file(name);
-    if (!io::path_exists(p)) {
-      throw Error(ErrorCode::kWrongBase, "the overlay encodes " + name + " against the base VM's " + name +
-                                             ", but '" + p + "' does not exist");
-    }
-    prefix = io::read_small_file(p, format::kMaxOpaqueFileSize);
-    if (hash128(std::as_bytes(std::span(prefix))) != rec.prefix_hash) {
-      throw Error(ErrorCode::kWrongBase, "the base VM's " + name + " ('" + p +
-                                             "') is not the one the overlay was made against");
-    }
-  }
-  std::vector<std::byte> content(rec.size);
-  codec.decode_payload(h, payload, std::as_bytes(std::span(prefix)), content);
-  if (hash128(content) != rec.hash) throw_corrupt(name + " does not match its recorded hash");
-  io::File f = io::File::create(staged_.path() + "/" + name);
-  f.pwrite_full(content, 0);
+  DecodedFile file = decode_file_frame(codec, h, table, payload, &base_);
+  io::File f = io::File::create(staged_.path() + "/" + std::string(format::file_id_name(file.record.id)));
+  f.pwrite_full(file.content, 0);
 }
 
 void LaunchOutput::start_writeback() {
@@ -235,12 +218,6 @@ void LaunchOutput::commit() {
     if (f.valid()) f.close();
   }
   staged_.commit();
-}
-
-void throw_hash_mismatch(const format::BlockOp& op) {
-  throw_corrupt(std::string(format::op_kind_name(op.kind)) + " op for " +
-                (op.target.image == format::kImageMemory ? "memory" : "disk") + " block " +
-                std::to_string(op.target.block) + " reconstructs content that does not match its recorded hash");
 }
 
 }  // namespace vmsynth

@@ -20,6 +20,7 @@
 #include "codec/frame_codec.h"
 #include "codec/overlay_format.h"
 #include "engine/clone_tracker.h"
+#include "engine/frame_decoder.h"  // throw_hash_mismatch, for both engines
 #include "engine/synthesis.h"
 #include "engine/vm_dir.h"
 #include "io/file.h"
@@ -91,7 +92,8 @@ class LaunchOutput {
   // Marks image bytes [offset, offset + len) of a qcow2 disk as zeros.
   void zero_range(unsigned i, uint64_t offset, uint64_t len);
 
-  // Decodes a file frame (verifying its hash) and writes the file.
+  // Decodes a file frame (decode_file_frame against this base, which verifies
+  // its hash) and writes the file.
   void apply_file_frame(codec::FrameCodec& codec, const format::FrameHeader& h, std::span<const std::byte> table,
                         std::span<const std::byte> payload);
 
@@ -131,8 +133,5 @@ class LaunchOutput {
   std::array<std::unique_ptr<CloneTracker>, format::kImageCount> trackers_;
   io::File base_disk_;  // qcow2: read for blocks the disk does not hold
 };
-
-// Reports a block whose reconstructed content does not hash to the recorded value.
-[[noreturn]] void throw_hash_mismatch(const format::BlockOp& op);
 
 }  // namespace vmsynth

@@ -1,5 +1,7 @@
 #include "engine/overlay_info.h"
 
+#include <string>
+
 #include "codec/frame_codec.h"
 #include "common/error.h"
 #include "engine/overlay_reader.h"
@@ -10,7 +12,7 @@ OverlayInfo inspect_overlay(io::ByteSource& src, const codec::KeySpec& key) {
   OverlayReader reader(src, key, KeyUse::kHeadersOnly);
   OverlayInfo info;
   info.header = reader.header();
-  info.authenticated = reader.authenticated();
+  info.headers_authenticated = reader.header().encrypted() && reader.keys() != nullptr;
   info.tables_decoded = reader.authenticated();
   codec::FrameCodec codec(reader.keys());
   RawFrame f;
@@ -45,6 +47,29 @@ OverlayInfo inspect_overlay(io::ByteSource& src, const codec::KeySpec& key) {
   }
   info.overlay_bytes = reader.bytes_read();
   return info;
+}
+
+std::string OverlayInfo::checked() const {
+  std::string s = "file header (checksum, fields); frame headers (checksums, limits, order)";
+  if (!tables_decoded) return s + "; end frame present, nothing after it";
+  s += "; op tables and file records (checksums, decoding, op kind counts); end frame (trailer checksum, "
+       "frame count, op totals, frame chain, nothing after it)";
+  if (headers_authenticated) {
+    s += "; authenticated with the key: file header (key check), frame headers with their op tables and file "
+         "records, trailer";
+  }
+  return s;
+}
+
+std::string OverlayInfo::not_checked() const {
+  std::string s;
+  if (!tables_decoded) {
+    s = "op tables, file records and trailer (sealed, no key given; their checksums neither), nothing "
+        "authenticated; ";
+  }
+  return s + "payloads (checksums" + (header.encrypted() ? ", GCM tags" : "") +
+         ", decompression), block and file contents against their hashes, op rules (targets, copy sources, "
+         "overlaps)";
 }
 
 }  // namespace vmsynth

@@ -1,12 +1,13 @@
 // The serial engine: one thread, plain pread/pwrite, frame after frame. It is
 // the reference the parallel engine is tested against and the baseline the
 // benchmarks compare with, so it stays simple rather than fast.
-#include <cstring>
+#include <span>
 #include <vector>
 
 #include "codec/frame_codec.h"
 #include "common/error.h"
 #include "engine/cancel.h"
+#include "engine/frame_decoder.h"
 #include "engine/launch_output.h"
 #include "engine/op_validator.h"
 #include "engine/overlay_reader.h"
@@ -16,7 +17,6 @@
 namespace vmsynth {
 
 using format::BlockOp;
-using format::kBlockSize;
 using format::OpKind;
 
 SynthesizeStats synthesize_serial(io::ByteSource& src, const SynthesizeOptions& opts) {
@@ -42,19 +42,25 @@ SynthesizeStats synthesize_serial(io::ByteSource& src, const SynthesizeOptions& 
   st.seconds_clone = t.seconds();
 
   t.restart();
-  std::vector<io::File> base_images;
-  for (ImageKind k : kImageKinds) base_images.push_back(io::File::open_read(base.image(k)));
-  auto read_base = [&](format::BlockAddress a, std::span<std::byte> buf) {
-    size_t n = base_images[a.image].pread_some(buf.first(kBlockSize), a.block * kBlockSize);
-    std::memset(buf.data() + n, 0, kBlockSize - n);
+  const BaseBlockReader base_blocks(base);
+  BlockFrameDecoder decoder;
+  const BlockFrameDecoder::Sources sources{
+      .base = [&](format::BlockAddress a, std::span<std::byte> b) { base_blocks.read(a, b); },
+      .launch = [&](format::BlockAddress a, std::span<std::byte> b) { out.read_block(a, b); },
+  };
+  const BlockFrameDecoder::Emit write = [&](const BlockOp& op, std::span<const std::byte> content) {
+    if (op.kind == OpKind::kZero) {
+      out.zero_block(op.target);
+    } else {
+      out.write_block(op.target, content);
+    }
+    ++st.kind_count[static_cast<unsigned>(op.kind)];
+    ++st.blocks_written;
   };
 
   OpValidator validator(h);
   codec::FrameCodec codec(reader.keys());
   RawFrame frame;
-  std::vector<std::byte> prefix, payload;
-  std::array<std::byte, kBlockSize> block;
-  static const std::array<std::byte, kBlockSize> kZeros{};
   report(opts.progress, "applying", 0, opts.source_size);
   while (reader.next(frame)) {
     try {
@@ -68,44 +74,7 @@ SynthesizeStats synthesize_serial(io::ByteSource& src, const SynthesizeOptions& 
       }
       std::vector<BlockOp> ops = codec.decode_blocks_table(frame.header, frame.table());
       validator.check_blocks_frame(ops);
-      prefix.clear();
-      for (const BlockOp& op : ops) {
-        if (op.kind != OpKind::kDelta) continue;
-        prefix.resize(prefix.size() + kBlockSize);
-        read_base(op.target, std::span(prefix).last(kBlockSize));
-      }
-      payload.resize(frame.header.payload_raw);
-      codec.decode_payload(frame.header, frame.payload(), prefix, payload);
-      size_t payload_at = 0;
-      for (const BlockOp& op : ops) {
-        std::span<const std::byte> content;
-        switch (op.kind) {
-          case OpKind::kZero:
-            content = kZeros;
-            break;
-          case OpKind::kBaseCopy:
-            read_base(op.source, block);
-            content = block;
-            break;
-          case OpKind::kSelfCopy:
-            out.read_block(op.source, block);
-            content = block;
-            break;
-          case OpKind::kDelta:
-          case OpKind::kLiteral:
-            content = std::span(payload).subspan(payload_at, kBlockSize);
-            payload_at += kBlockSize;
-            break;
-        }
-        if (hash128(content) != op.hash) throw_hash_mismatch(op);
-        if (op.kind == OpKind::kZero) {
-          out.zero_block(op.target);
-        } else {
-          out.write_block(op.target, content);
-        }
-        ++st.kind_count[static_cast<unsigned>(op.kind)];
-        ++st.blocks_written;
-      }
+      decoder.decode(codec, frame.header, frame.payload(), ops, sources, write);
     } catch (Error& e) {
       throw e.with(frame.where());
     }

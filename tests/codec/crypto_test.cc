@@ -265,6 +265,46 @@ TEST(SealedFrame, EndFrameTrailerIsAuthenticated) {
   EXPECT_EQ(code_of([&] { FrameCodec::decode_end(hb, bad, s.keys.get()); }), ErrorCode::kCorrupt);
 }
 
+// check_payload is what `overlay verify` runs on a payload compressed against
+// a base it does not have: the checksum and the seal, no decompression.
+TEST(SealedFrame, CheckPayloadAuthenticatesWithoutThePrefix) {
+  SealedHeader s = seal_header(raw_key(test_key(7)));
+  Sample smp = sample();
+  smp.ops[0].kind = OpKind::kDelta;  // compressed against a prefix the checker does not get
+  std::vector<std::byte> prefix(smp.payload.begin(), smp.payload.begin() + format::kBlockSize);
+  FrameCodec codec(s.keys);
+  EncodedFrame f = codec.encode_blocks(2, smp.ops, smp.payload, prefix);
+  auto payload_of = [&](const std::vector<std::byte>& frame) {
+    return std::span(frame).subspan(format::kFrameHeaderSize + f.header.table_stored);
+  };
+  EXPECT_NO_THROW(codec.check_payload(f.header, payload_of(f.bytes)));
+  std::vector<std::byte> bad = f.bytes;
+  bad.back() ^= std::byte{1};  // the payload's GCM tag
+  EXPECT_EQ(code_of([&] { codec.check_payload(f.header, payload_of(bad)); }), ErrorCode::kCorrupt);
+  // With the checksum fixed, as an attacker can: the tag still fails.
+  format::FrameHeader fixed = f.header;
+  fixed.payload_checksum = hash64(payload_of(bad));
+  try {
+    codec.check_payload(fixed, payload_of(bad));
+    ADD_FAILURE() << "a payload with a forged checksum passed";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kCorrupt);
+    EXPECT_NE(std::string(e.what()).find("authentication failed"), std::string::npos) << e.what();
+  }
+  FrameCodec no_keys;
+  EXPECT_EQ(code_of([&] { no_keys.check_payload(f.header, payload_of(f.bytes)); }), ErrorCode::kWrongKey);
+  // A plain payload has its checksum only: a forged one passes, which is why
+  // only encrypted overlays resist tampering (docs/security.md).
+  EncodedFrame p = no_keys.encode_blocks(2, smp.ops, smp.payload, prefix);
+  std::vector<std::byte> forged = p.bytes;
+  forged.back() ^= std::byte{1};
+  auto stored = std::span(forged).subspan(format::kFrameHeaderSize + p.header.table_stored);
+  format::FrameHeader ph = p.header;
+  EXPECT_EQ(code_of([&] { no_keys.check_payload(ph, stored); }), ErrorCode::kCorrupt);
+  ph.payload_checksum = hash64(stored);
+  EXPECT_NO_THROW(no_keys.check_payload(ph, stored));
+}
+
 TEST(SealedFrame, FileFrameKeepsTheSmallerEncodingAndSealsIt) {
   SealedHeader s = seal_header(raw_key(test_key(6)));
   std::vector<std::byte> base(50000), content(50000);

@@ -212,10 +212,19 @@ TEST_F(Hostile, InfoReadsEncryptedHeadersWithoutTheKey) {
   auto p = inspect_overlay(*io::memory_source(plain));
   auto without = inspect_overlay(*io::memory_source(sealed));
   auto with = inspect_overlay(*io::memory_source(sealed), test_key(3));
-  EXPECT_TRUE(p.authenticated);
-  EXPECT_FALSE(without.authenticated);
+  EXPECT_FALSE(p.headers_authenticated);  // unencrypted: checksums only
+  EXPECT_FALSE(without.headers_authenticated);
   EXPECT_FALSE(without.tables_decoded);
-  EXPECT_TRUE(with.authenticated);
+  EXPECT_TRUE(with.headers_authenticated);
+  // What each says it checked: never payloads; authentication only with the key.
+  for (const OverlayInfo* i : {&p, &without, &with}) {
+    EXPECT_EQ(i->checked().find("payload"), std::string::npos) << i->checked();
+    EXPECT_NE(i->not_checked().find("payloads"), std::string::npos) << i->not_checked();
+  }
+  EXPECT_EQ(p.checked().find("authenticated"), std::string::npos) << p.checked();
+  EXPECT_NE(with.checked().find("authenticated with the key"), std::string::npos) << with.checked();
+  EXPECT_NE(without.not_checked().find("nothing authenticated"), std::string::npos) << without.not_checked();
+  EXPECT_EQ(without.checked().find("op tables"), std::string::npos) << without.checked();
   EXPECT_EQ(without.kind_count, p.kind_count);
   EXPECT_EQ(with.kind_count_by_image, p.kind_count_by_image);
   EXPECT_EQ(without.frames, p.frames);
