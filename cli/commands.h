@@ -14,5 +14,6 @@ void add_gen_pair_command(CLI::App& app);
 void add_overlay_commands(CLI::App& app);
 void add_synthesize_command(CLI::App& app);
 void add_vm_commands(CLI::App& app);
+void add_cache_commands(CLI::App& app);
 
 }  // namespace vmsynth::cli

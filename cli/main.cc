@@ -80,6 +80,7 @@ int main(int argc, char** argv) {
   vmsynth::cli::add_overlay_commands(app);
   vmsynth::cli::add_synthesize_command(app);
   vmsynth::cli::add_vm_commands(app);
+  vmsynth::cli::add_cache_commands(app);
 
   const bool json = wants_json(argc, argv);
   try {

@@ -12,6 +12,7 @@
 #include <tbb/parallel_for.h>
 
 #include "common/error.h"
+#include "engine/cache_dir.h"
 #include "io/file.h"
 
 namespace vmsynth {
@@ -61,13 +62,6 @@ Hash128 hash_images(const VmDir& base) {
 
 }  // namespace
 
-std::string default_cache_dir() {
-  if (const char* d = std::getenv("VMSYNTH_CACHE_DIR"); d && *d) return d;
-  if (const char* x = std::getenv("XDG_CACHE_HOME"); x && *x) return std::string(x) + "/vmsynth";
-  if (const char* h = std::getenv("HOME"); h && *h) return std::string(h) + "/.cache/vmsynth";
-  return "/tmp/vmsynth-cache";
-}
-
 Hash128 compute_base_id(const VmDir& base, const BaseIdOptions& opts) {
   if (!opts.use_cache) return hash_images(base);
   const std::string dir = opts.cache_dir.empty() ? default_cache_dir() : opts.cache_dir;
@@ -80,6 +74,7 @@ Hash128 compute_base_id(const VmDir& base, const BaseIdOptions& opts) {
     Hash128 cached;
     if (nl != std::string::npos && text.substr(0, nl) == key && text.size() >= nl + 33 &&
         Hash128::from_hex(std::string_view(text).substr(nl + 1, 32), cached)) {
+      (void)::utimensat(AT_FDCWD, entry.c_str(), nullptr, 0);  // recently used: kept longest by the pruning
       return cached;
     }
   } catch (const Error&) {
@@ -97,6 +92,7 @@ Hash128 compute_base_id(const VmDir& base, const BaseIdOptions& opts) {
       f.write_all(std::as_bytes(std::span(text)));
       f.close();
       if (::rename(tmp.c_str(), entry.c_str()) != 0) ::unlink(tmp.c_str());
+      prune_base_id_cache(dir);
     } catch (const Error&) {
       ::unlink(tmp.c_str());
     }

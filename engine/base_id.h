@@ -4,8 +4,9 @@
 // XXH3-128 of every 16 MiB chunk of memory.img then disk.img (the last chunk
 // of each image may be shorter). Chunks are hashed in parallel; the id does
 // not depend on the thread count. Computing it reads the whole base, so the
-// result is cached under the cache directory keyed by each image's device,
-// inode, size, mtime and ctime (ctime cannot be set back by a user, so any
+// result is cached under the cache directory (engine/cache_dir.h: at most
+// kMaxBaseIdEntries entries, least recently used removed first) keyed by each
+// image's device, inode, size, mtime and ctime (ctime cannot be set back by a user, so any
 // write to an image invalidates the entry). The base directory itself is never
 // written.
 //
@@ -16,6 +17,7 @@
 #include <string>
 
 #include "codec/block_hash.h"
+#include "engine/cache_dir.h"
 #include "engine/vm_dir.h"
 
 namespace vmsynth {
@@ -29,8 +31,5 @@ struct BaseIdOptions {
 };
 
 Hash128 compute_base_id(const VmDir& base, const BaseIdOptions& opts = {});
-
-// The directory base_id caches into (created on demand).
-std::string default_cache_dir();
 
 }  // namespace vmsynth

@@ -240,6 +240,32 @@ TEST_F(Hardening, SynthesizeMemoryBudgetHasItsOwnName) {
   EXPECT_EQ(r.status, 0) << r.err;
 }
 
+// ---- the cache directory ----------------------------------------------------
+
+TEST_F(Hardening, CacheInfoShowsWhatSynthesisCachedAndClearRemovesIt) {
+  const std::string cache = dir_ / "cache";
+  const char* was = std::getenv("VMSYNTH_CACHE_DIR");
+  const std::string previous = was ? was : "";
+  ::setenv("VMSYNTH_CACHE_DIR", cache.c_str(), 1);
+  auto r = vmsynth({"synthesize", "--base", dir_ / "base", "--overlay", dir_ / "app.vmo", "--out", dir_ / "vm"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  auto info = vmsynth({"cache", "info", "--json"});
+  ASSERT_EQ(info.status, 0) << info.err;
+  auto j = nlohmann::json::parse(info.out)["cache"];
+  EXPECT_EQ(j["dir"], cache);
+  EXPECT_EQ(j["base_id_entries"], 1);
+  auto cleared = vmsynth({"cache", "clear", "--json"});
+  ASSERT_EQ(cleared.status, 0) << cleared.err;
+  EXPECT_EQ(nlohmann::json::parse(cleared.out)["removed"]["base_id_entries"], 1);
+  info = vmsynth({"cache", "info", "--json", "--dir", cache});
+  EXPECT_EQ(nlohmann::json::parse(info.out)["cache"]["base_id_entries"], 0);
+  if (was) {
+    ::setenv("VMSYNTH_CACHE_DIR", previous.c_str(), 1);
+  } else {
+    ::unsetenv("VMSYNTH_CACHE_DIR");
+  }
+}
+
 // ---- stale staging -----------------------------------------------------------
 
 // A pid that certainly belonged to a process that has exited.
