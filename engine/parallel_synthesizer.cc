@@ -444,11 +444,8 @@ class ParallelSynthesis {
       size_t n = base_[a.image].pread_some(std::span(dst, kBlockSize), a.block * kBlockSize);
       std::memset(dst + n, 0, kBlockSize - n);
     };
-    size_t payload_ops = 0, delta_ops = 0;
-    for (const BlockOp& op : s.ops) {
-      payload_ops += op.kind == OpKind::kDelta || op.kind == OpKind::kLiteral;
-      delta_ops += op.kind == OpKind::kDelta;
-    }
+    size_t delta_ops = 0;
+    for (const BlockOp& op : s.ops) delta_ops += op.kind == OpKind::kDelta;
     // The DELTA prefix is only needed while decoding: one buffer per thread.
     std::vector<std::byte>& prefix = prefixes_.local();
     prefix.resize(delta_ops * kBlockSize);
