@@ -21,6 +21,7 @@ void on_signal(int sig) {  // async-signal-safe: two lock-free atomic stores
 }  // namespace
 
 void install_interrupt_handlers() {
+  (void)cancel_wake_fd();  // exists before a handler can want it
   struct sigaction sa {};
   sa.sa_handler = on_signal;
   sigemptyset(&sa.sa_mask);

@@ -13,6 +13,7 @@
 #include "cli/key_options.h"
 #include "cli/progress.h"
 #include "common/error.h"
+#include "engine/cancel.h"
 #include "engine/overlay_creator.h"
 #include "engine/overlay_info.h"
 #include "engine/overlay_verify.h"
@@ -254,8 +255,8 @@ void add_verify(CLI::App& overlay) {
     if (args->file != "-" && ::stat(args->file.c_str(), &st) == 0 && S_ISREG(st.st_mode)) {
       o.source_size = static_cast<uint64_t>(st.st_size);
     }
-    auto src = io::open_source(args->file);
     install_interrupt_handlers();
+    auto src = io::open_source(args->file, {cancel_wake_fd(), cancel_requested});
     TerminalProgress progress("verifying overlay", args->quiet);
     o.progress = progress.callback();
     VerifyStats s = verify_overlay(*src, o);

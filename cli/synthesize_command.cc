@@ -14,6 +14,7 @@
 #include "cli/key_options.h"
 #include "cli/progress.h"
 #include "common/error.h"
+#include "engine/cancel.h"
 #include "engine/synthesis.h"
 #include "engine/threads.h"
 #include "io/byte_source.h"
@@ -120,8 +121,8 @@ void add_synthesize_command(CLI::App& app) {
       o.source_size = static_cast<uint64_t>(st.st_size);
     }
     if (args->overlay != "-" && args->overlay.find("://") == std::string::npos) o.overlay_path = args->overlay;
-    install_interrupt_handlers();
-    FirstByteClock src(io::open_source(args->overlay));
+    install_interrupt_handlers();  // before opening: a tcp-listen:// source waits for its sender here
+    FirstByteClock src(io::open_source(args->overlay, {cancel_wake_fd(), cancel_requested}));
     TerminalProgress progress("synthesizing", args->quiet);
     o.progress = progress.callback();
     SynthesizeStats s = synthesize(src, o);

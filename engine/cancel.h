@@ -26,4 +26,11 @@ void clear_cancel() noexcept;
 // Throws Error(kInterrupted) if cancellation was requested.
 void throw_if_cancelled();
 
+// An eventfd that is readable while cancellation is requested (request_cancel
+// writes to it, clear_cancel drains it), so a thread blocked waiting for
+// input can poll it beside its input and wake up: a signal interrupts only one
+// arbitrary thread of the process, usually not the one waiting. Created on the
+// first call (call it before installing signal handlers); -1 if it cannot be.
+int cancel_wake_fd();
+
 }  // namespace vmsynth

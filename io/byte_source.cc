@@ -43,27 +43,49 @@ size_t ByteSource::read_full(std::span<std::byte> buf) {
 
 namespace {
 
+// Waits until `fd` is readable (or has hung up), or a stop is requested
+// (stop.wake_fd readable; or a signal interrupted the poll, which poll() never
+// restarts whatever SA_RESTART says) and stop.requested() confirms it.
+void wait_readable(int fd, const StopCheck& stop, const std::string& what) {
+  for (;;) {
+    pollfd p[2] = {{fd, POLLIN, 0}, {stop.wake_fd, POLLIN, 0}};
+    const int r = ::poll(p, stop.wake_fd >= 0 ? 2 : 1, -1);
+    if (r < 0 && errno != EINTR) throw io_error("cannot wait for", what, errno);
+    if ((r < 0 || p[1].revents != 0) && stop && stop.requested()) {
+      throw Error(ErrorCode::kInterrupted, "stopped while waiting for input from " + what);
+    }
+    if (r > 0 && p[0].revents != 0) return;
+  }
+}
+
 // Reads an fd: file, FIFO, socket or stdin.
 class FdSource final : public ByteSource {
  public:
   // Takes ownership of `owned` if it is valid; otherwise reads `borrowed_fd`.
-  FdSource(File owned, int borrowed_fd, std::string description)
+  FdSource(File owned, int borrowed_fd, std::string description, StopCheck stop = {})
       : owned_(std::move(owned)),
         fd_(owned_.valid() ? owned_.fd() : borrowed_fd),
-        description_(std::move(description)) {}
+        description_(std::move(description)),
+        stop_(std::move(stop)) {
+    struct stat st;
+    may_wait_ = ::fstat(fd_, &st) != 0 || !S_ISREG(st.st_mode);
+  }
 
   std::string describe() const override { return description_; }
 
  protected:
   size_t read_raw(std::span<std::byte> buf) override {
     for (;;) {
+      // A pipe or socket may block: wait where a signal can end the wait.
+      if (may_wait_ && stop_) wait_readable(fd_, stop_, description_);
       ssize_t n = ::read(fd_, buf.data(), buf.size());
       if (n >= 0) return static_cast<size_t>(n);
-      if (errno == EINTR) continue;
+      if (errno == EINTR) {
+        if (stop_ && stop_.requested()) throw Error(ErrorCode::kInterrupted, "stopped while reading " + description_);
+        continue;
+      }
       if (errno == EAGAIN || errno == EWOULDBLOCK) {  // somebody made it non-blocking
-        pollfd p{fd_, POLLIN, 0};
-        if (::poll(&p, 1, -1) < 0 && errno != EINTR)
-          throw io_error("cannot wait for", description_, errno);
+        wait_readable(fd_, stop_, description_);
         continue;
       }
       throw io_error("cannot read from", description_, errno);
@@ -74,6 +96,8 @@ class FdSource final : public ByteSource {
   File owned_;
   int fd_;
   std::string description_;
+  StopCheck stop_;
+  bool may_wait_ = true;
 };
 
 class MemorySource final : public ByteSource {
@@ -162,7 +186,7 @@ std::string numeric_address(const sockaddr* sa, socklen_t len) {
   return h + ":" + serv;
 }
 
-std::unique_ptr<ByteSource> connect_tcp(const std::string& spec, std::string_view rest) {
+std::unique_ptr<ByteSource> connect_tcp(const std::string& spec, std::string_view rest, StopCheck stop) {
   HostPort hp = parse_host_port(spec, rest);
   AddrList addrs = resolve(hp, false, spec);
   int last_err = ECONNREFUSED;
@@ -177,7 +201,7 @@ std::unique_ptr<ByteSource> connect_tcp(const std::string& spec, std::string_vie
     do {
       r = ::connect(fd, a->ai_addr, a->ai_addrlen);
     } while (r != 0 && errno == EINTR);
-    if (r == 0) return std::make_unique<FdSource>(std::move(sock), -1, spec);
+    if (r == 0) return std::make_unique<FdSource>(std::move(sock), -1, spec, std::move(stop));
     last_err = errno;
   }
   throw io_error("cannot connect to", spec, last_err);
@@ -223,12 +247,13 @@ TcpListener::~TcpListener() {
   if (fd_ >= 0) ::close(fd_);
 }
 
-std::unique_ptr<ByteSource> TcpListener::accept_source() {
+std::unique_ptr<ByteSource> TcpListener::accept_source(StopCheck stop) {
   if (fd_ < 0) throw Error(ErrorCode::kUsage, "accept on a closed listener " + name_);
   sockaddr_storage peer{};
   socklen_t len;
   int fd;
   do {
+    if (stop) wait_readable(fd_, stop, name_);
     len = sizeof peer;
     fd = ::accept4(fd_, reinterpret_cast<sockaddr*>(&peer), &len, SOCK_CLOEXEC);
   } while (fd < 0 && (errno == EINTR || errno == ECONNABORTED));
@@ -236,19 +261,19 @@ std::unique_ptr<ByteSource> TcpListener::accept_source() {
   ::close(std::exchange(fd_, -1));
   std::string desc = "connection from " + numeric_address(reinterpret_cast<sockaddr*>(&peer), len) +
                      " on " + name_;
-  return std::make_unique<FdSource>(File(fd, desc), -1, desc);
+  return std::make_unique<FdSource>(File(fd, desc), -1, desc, std::move(stop));
 }
 
-std::unique_ptr<ByteSource> open_source(const std::string& spec) {
+std::unique_ptr<ByteSource> open_source(const std::string& spec, StopCheck stop) {
   constexpr std::string_view kTcp = "tcp://";
   constexpr std::string_view kListen = "tcp-listen://";
   std::string_view s = spec;
-  if (s == "-") return std::make_unique<FdSource>(File(), STDIN_FILENO, "stdin");
-  if (s.starts_with(kTcp)) return connect_tcp(spec, s.substr(kTcp.size()));
+  if (s == "-") return std::make_unique<FdSource>(File(), STDIN_FILENO, "stdin", std::move(stop));
+  if (s.starts_with(kTcp)) return connect_tcp(spec, s.substr(kTcp.size()), std::move(stop));
   if (s.starts_with(kListen)) {
     HostPort hp = parse_host_port(spec, s.substr(kListen.size()));
     TcpListener listener(hp.host, static_cast<uint16_t>(std::stoul(hp.port)));
-    return listener.accept_source();
+    return listener.accept_source(std::move(stop));
   }
   int fd = ::open(spec.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) throw io_error("cannot open", spec, errno);
@@ -256,7 +281,7 @@ std::unique_ptr<ByteSource> open_source(const std::string& spec) {
   struct stat st;
   if (::fstat(fd, &st) != 0) throw io_error("cannot stat", spec, errno);
   if (S_ISDIR(st.st_mode)) throw io_error("cannot read", spec, EISDIR);
-  return std::make_unique<FdSource>(std::move(f), -1, spec);
+  return std::make_unique<FdSource>(std::move(f), -1, spec, std::move(stop));
 }
 
 std::unique_ptr<ByteSource> memory_source(std::vector<std::byte> data, size_t max_chunk,

@@ -22,6 +22,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -61,9 +62,22 @@ class ByteSource {
   uint64_t bytes_read_ = 0;
 };
 
+// How a wait for input (a pipe, a socket, a connection to accept) can be
+// ended from outside: the wait polls wake_fd beside the input, and when
+// wake_fd is readable (or the wait is interrupted by a signal) and requested()
+// says so, the read throws Error(kInterrupted) naming the source. A stop thus
+// ends a wait for a sender that has stalled, not only the work between reads,
+// from any thread. Empty (the default): waits end only with input.
+struct StopCheck {
+  int wake_fd = -1;                 // readable once a stop is requested; -1: none
+  std::function<bool()> requested;  // true once a stop is requested
+  explicit operator bool() const { return static_cast<bool>(requested); }
+};
+
 // Opens a source as described above. Throws kIo (naming the spec) when it
 // cannot be opened, connected or bound; kUsage for a malformed tcp spec.
-std::unique_ptr<ByteSource> open_source(const std::string& spec);
+// `stop`: see StopCheck (files never wait, so they never ask it).
+std::unique_ptr<ByteSource> open_source(const std::string& spec, StopCheck stop = {});
 
 // A source serving `data`, at most `max_chunk` bytes per read_some (to
 // exercise callers' handling of short reads). max_chunk: bytes, default
@@ -87,7 +101,7 @@ class TcpListener {
 
   // Blocks until one peer connects, closes the listening socket and returns a
   // source reading that connection. REQUIRES: called at most once.
-  std::unique_ptr<ByteSource> accept_source();
+  std::unique_ptr<ByteSource> accept_source(StopCheck stop = {});
 
  private:
   int fd_ = -1;

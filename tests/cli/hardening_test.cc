@@ -424,27 +424,32 @@ TEST_P(Signals, OverlayCreateStopsRemovesItsTemporaryFileAndExits9) {
 TEST_P(Signals, SynthesizeStopsRemovesItsStagingAndExits9) {
   const int sig = GetParam();
   for (const char* engine : {"serial", "parallel"}) {
-    SCOPED_TRACE(engine);
-    // The overlay arrives through a pipe: half of it, then (after the signal) the rest,
-    // so the engine is certainly mid-stream when the signal comes.
-    int fds[2];
-    ASSERT_EQ(::pipe2(fds, O_CLOEXEC), 0);  // the child must not hold the write end itself
-    Child c({"synthesize", "--base", dir_ / "base", "--overlay", "-", "--out", dir_ / "out", "--engine", engine},
-            dir_.path(), fds[0]);
-    ::close(fds[0]);
-    const size_t half = overlay_.size() / 2;
-    ASSERT_EQ(::write(fds[1], overlay_.data(), half), static_cast<ssize_t>(half));
-    ASSERT_TRUE(wait_until(c, [&] { return c.catches_stop_signals() && !staging_in(dir_.path()).empty(); }))
-        << c.err();
-    ::kill(c.pid(), sig);
-    // The rest (the process may have stopped reading already).
-    ::signal(SIGPIPE, SIG_IGN);
-    (void)::write(fds[1], overlay_.data() + half, overlay_.size() - half);
-    ::close(fds[1]);
-    expect_interrupted(c, sig);
-    EXPECT_FALSE(exists(dir_ / "out"));
-    EXPECT_TRUE(staging_in(dir_.path()).empty());
-    expect_inputs_untouched();
+    for (const bool sender_stalls : {false, true}) {
+      SCOPED_TRACE(std::string(engine) + (sender_stalls ? ", sender stalls" : ", sender goes on"));
+      // The overlay arrives through a pipe: half of it, then the signal, then (unless the
+      // sender stalls for good) the rest, so the engine is certainly mid-stream.
+      int fds[2];
+      ASSERT_EQ(::pipe2(fds, O_CLOEXEC), 0);  // the child must not hold the write end itself
+      Child c({"synthesize", "--base", dir_ / "base", "--overlay", "-", "--out", dir_ / "out", "--engine", engine},
+              dir_.path(), fds[0]);
+      ::close(fds[0]);
+      const size_t half = overlay_.size() / 2;
+      ASSERT_EQ(::write(fds[1], overlay_.data(), half), static_cast<ssize_t>(half));
+      ASSERT_TRUE(wait_until(c, [&] { return c.catches_stop_signals() && !staging_in(dir_.path()).empty(); }))
+          << c.err();
+      ::kill(c.pid(), sig);
+      if (!sender_stalls) {
+        ::signal(SIGPIPE, SIG_IGN);  // the process may have stopped reading already
+        (void)::write(fds[1], overlay_.data() + half, overlay_.size() - half);
+      }
+      // A stalled sender keeps its end open: the engine must not wait for it.
+      EXPECT_TRUE(wait_until(c, [] { return false; }) || !c.running()) << "still running after the signal";
+      expect_interrupted(c, sig);
+      ::close(fds[1]);
+      EXPECT_FALSE(exists(dir_ / "out"));
+      EXPECT_TRUE(staging_in(dir_.path()).empty());
+      expect_inputs_untouched();
+    }
   }
 }
 

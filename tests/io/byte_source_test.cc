@@ -4,10 +4,12 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <mutex>
@@ -153,6 +155,55 @@ TEST(ByteSourceTest, FifoDeliversDataWhileStillArriving) {
   writer.join();
   EXPECT_EQ(pieces_acked, kPieces);
   EXPECT_TRUE(got == data);
+}
+
+// A stop requested from another thread ends a wait for a sender that has
+// stalled (its end of the FIFO open, nothing written), for reads and accepts;
+// a wake-up that is not confirmed by requested() does not.
+TEST(ByteSourceTest, StopRequestEndsAWaitForAStalledSender) {
+  TestTempDir tmp;
+  const std::string fifo = tmp / "in.fifo";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  int wake = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  ASSERT_GE(wake, 0);
+  std::atomic<bool> requested{false};
+  StopCheck stop{wake, [&] { return requested.load(); }};
+  std::thread sender([&] {
+    int fd = ::open(fifo.c_str(), O_WRONLY | O_CLOEXEC);
+    const char first[] = "abc";
+    (void)!::write(fd, first, 3);
+    // A wake-up without a stop request is ignored...
+    const uint64_t one = 1;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    (void)!::write(wake, &one, sizeof one);
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    uint64_t n;
+    (void)!::read(wake, &n, sizeof n);
+    // ... a confirmed one ends the wait; the FIFO stays open, nothing more is written.
+    requested = true;
+    (void)!::write(wake, &one, sizeof one);
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    ::close(fd);
+  });
+  auto src = open_source(fifo, stop);
+  std::vector<std::byte> buf(16);
+  EXPECT_EQ(src->read_some(buf), 3u);
+  try {
+    src->read_some(buf);
+    ADD_FAILURE() << "the read outlived the stop request";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kInterrupted);
+    EXPECT_NE(std::string(e.what()).find(fifo), std::string::npos) << e.what();
+  }
+  sender.join();
+  // Waiting for a connection ends the same way (the stop is still requested).
+  try {
+    open_source("tcp-listen://127.0.0.1:0", stop);
+    ADD_FAILURE() << "accept outlived the stop request";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kInterrupted);
+  }
+  ::close(wake);
 }
 
 TEST(ByteSourceTest, StdinIsReadAndNotClosed) {
