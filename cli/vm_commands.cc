@@ -175,7 +175,8 @@ void add_vm_commands(CLI::App& app) {
         "(qcow2 overlay of VMDIR/disk.img + a copy of memory.img, share=on) so VMDIR stays "
         "pristine and the VM in DIR can be captured. Add --shared-memory to map VMDIR/memory.img "
         "copy-on-write instead of copying it: many clones of one VMDIR start cheaply, but they "
-        "cannot be captured.");
+        "cannot be captured. A VMDIR whose vm.json is absent or is not a machine description "
+        "(gen-pair's synthetic VMs) cannot be launched (exit 7).");
     cmd->add_option("VMDIR", o->vmdir, "captured or synthesized VM directory")->required();
     cmd->add_option("--work", o->r.work_dir, "run on a clone in this directory");
     cmd->add_flag("--shared-memory", o->r.shared_memory,

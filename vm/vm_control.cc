@@ -422,11 +422,11 @@ CreateResult create_vm(const CreateOptions& opt) {
 // ---------------------------------------------------------------- start
 
 StartResult start_vm(const std::string& dir_in) {
-  require_qemu();
   const std::string dir = absolute_path(dir_in);
-  Json j = read_vm_json(dir);
-  MachineSpec spec = spec_from_json(j);
-  RunLayout run = run_from_json(j, dir);
+  VmDescription d = load_machine(dir, "started");
+  require_qemu();
+  const MachineSpec& spec = d.spec;
+  RunLayout run = run_from_json(d.json, dir);
   require_not_running(dir);
   resolve_boot_files(spec, run, {dir});
   clear_run_files(run);
@@ -448,8 +448,9 @@ StartResult start_vm(const std::string& dir_in) {
 
 CaptureResult capture_vm(const std::string& dir_in, const CaptureOptions& opt) {
   const std::string dir = absolute_path(dir_in);
-  Json j = read_vm_json(dir);
-  MachineSpec spec = spec_from_json(j);
+  VmDescription d = load_machine(dir, "captured");
+  const Json& j = d.json;
+  const MachineSpec& spec = d.spec;
   RunLayout run = run_from_json(j, dir);
   require_running(dir);
   if (!run.memory_shared) {
@@ -547,10 +548,13 @@ CaptureResult capture_vm(const std::string& dir_in, const CaptureOptions& opt) {
 
 ResumeResult resume_vm(const std::string& vmdir_in, const ResumeOptions& opt) {
   const auto t0 = Clock::now();
-  require_qemu();
   const std::string vmdir = absolute_path(vmdir_in);
-  Json j = read_vm_json(vmdir);
-  MachineSpec spec = spec_from_json(j);
+  // Before QEMU is looked for: a directory that can never be launched should
+  // say so on any machine.
+  VmDescription d = load_machine(vmdir, "launched");
+  require_qemu();
+  const Json& j = d.json;
+  const MachineSpec& spec = d.spec;
   const std::string devstate = file_in(vmdir, kDevStateName);
   if (!io::path_exists(devstate)) {
     throw Error(ErrorCode::kUsage, "'" + vmdir + "' has no devstate.bin: it is a powered-off VM, not a "

@@ -16,8 +16,10 @@
 // VM's disk.img + a share=on copy of memory.img, or with shared_memory a
 // copy-on-write share=off mapping of memory.img) so the source stays pristine.
 //
-// Errors: vmsynth::Error. kUnsupported when QEMU is not installed or a VM
-// cannot be captured; kUsage for "not a VM directory", "not running";
+// Errors: vmsynth::Error. kUnsupported when QEMU is not installed, a VM
+// cannot be captured, or a directory's images cannot be run because its
+// vm.json is absent or is not a machine description (load_machine() in
+// vm/machine_spec.h); kUsage for "not a VM directory", "not running";
 // kExists for "already running" or an existing output without force; kIo for
 // QEMU/QMP failures (the message names the QMP command or QEMU's own error).
 //
