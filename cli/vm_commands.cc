@@ -235,7 +235,9 @@ void add_vm_commands(CLI::App& app) {
     };
     auto o = std::make_shared<Opts>();
     CLI::App* cmd = vm->add_subcommand(
-        "status", "Say whether a VM runs in DIR (pidfile lock held) and its QMP run state.");
+        "status",
+        "Say whether a VM runs in DIR (pidfile lock held) and its QMP run state. Fails (exit 2) "
+        "when DIR does not exist or has no vm.json.");
     cmd->add_option("DIR", o->dir, "directory a VM may run in")->required();
     cmd->add_flag("--json", o->json, "print the result as JSON");
     cmd->callback([o] {

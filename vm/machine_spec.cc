@@ -185,6 +185,9 @@ RunLayout run_from_json(const Json& j, const std::string& run_dir) {
 
 Json read_vm_json(const std::string& dir) {
   const std::string path = dir + "/vm.json";
+  if (!io::path_exists(dir)) {
+    throw Error(ErrorCode::kUsage, "no VM directory at '" + dir + "': it does not exist");
+  }
   if (!io::path_exists(path)) {
     throw Error(ErrorCode::kUsage, "'" + dir + "' is not a VM directory (no vm.json); create one with "
                                    "`vmsynth vm create` or `vmsynth vm capture`");

@@ -110,9 +110,9 @@ nlohmann::json to_json(const MachineSpec& spec, const RunLayout& run);
 MachineSpec spec_from_json(const nlohmann::json& j);
 RunLayout run_from_json(const nlohmann::json& j, const std::string& run_dir);
 
-// Reads DIR/vm.json as a JSON object. Throws kUsage "'DIR' is not a VM
-// directory" when it has no vm.json, kCorrupt when vm.json is not a JSON
-// object.
+// Reads DIR/vm.json as a JSON object. Throws kUsage "no VM directory at
+// 'DIR'" when DIR does not exist, kUsage "'DIR' is not a VM directory" when
+// it has no vm.json, kCorrupt when vm.json is not a JSON object.
 nlohmann::json read_vm_json(const std::string& dir);
 
 // vm.json of a VM directory and the machine it describes.

@@ -635,8 +635,19 @@ ResumeResult resume_vm(const std::string& vmdir_in, const ResumeOptions& opt) {
 
 // ---------------------------------------------------------------- stop / status
 
+namespace {
+
+void require_dir_exists(const std::string& dir) {
+  if (!io::path_exists(dir)) {
+    throw Error(ErrorCode::kUsage, "no VM directory at '" + dir + "': it does not exist");
+  }
+}
+
+}  // namespace
+
 StopResult stop_vm(const std::string& dir_in, Ms grace) {
   const std::string dir = absolute_path(dir_in);
+  require_dir_exists(dir);
   const auto t0 = Clock::now();
   RunLayout run;
   run.run_dir = dir;
@@ -666,6 +677,12 @@ StopResult stop_vm(const std::string& dir_in, Ms grace) {
 
 VmStatus query_vm(const std::string& dir_in) {
   const std::string dir = absolute_path(dir_in);
+  // A wrong path must not read as "not running". Only existence is checked:
+  // the pidfile lock, not vm.json's content, says whether a VM runs here.
+  require_dir_exists(dir);
+  if (!io::path_exists(file_in(dir, kVmJsonName))) {
+    throw Error(ErrorCode::kUsage, "'" + dir + "' is not a VM directory (no vm.json); no VM can run there");
+  }
   VmStatus s;
   auto pid = running_pid(dir);
   if (!pid) return s;

@@ -19,9 +19,10 @@
 // Errors: vmsynth::Error. kUnsupported when QEMU is not installed, a VM
 // cannot be captured, or a directory's images cannot be run because its
 // vm.json is absent or is not a machine description (load_machine() in
-// vm/machine_spec.h); kUsage for "not a VM directory", "not running";
-// kExists for "already running" or an existing output without force; kIo for
-// QEMU/QMP failures (the message names the QMP command or QEMU's own error).
+// vm/machine_spec.h); kUsage for "no VM directory at", "not a VM directory",
+// "not running"; kExists for "already running" or an existing output without
+// force; kIo for QEMU/QMP failures (the message names the QMP command or
+// QEMU's own error).
 //
 // Ownership: the functions own the QEMU processes only while they start
 // them; once a function returns successfully the VM runs detached (daemonized)
@@ -135,6 +136,7 @@ struct StopResult {
 };
 
 // Quits the VM running in `dir`: QMP quit, then SIGTERM, then SIGKILL.
+// Throws kUsage when `dir` does not exist or no VM runs there.
 StopResult stop_vm(const std::string& dir,
                    std::chrono::milliseconds grace = std::chrono::milliseconds(5000));
 
@@ -144,6 +146,8 @@ struct VmStatus {
   std::string qmp_status;       // QMP query-status "status" when running
 };
 
+// Whether a VM runs in `dir`. Throws kUsage when `dir` does not exist or is
+// not a VM directory (no vm.json): "not running" would hide a wrong path.
 VmStatus query_vm(const std::string& dir);
 
 // Absolute, normalised form of `path` (the directory itself need not exist).

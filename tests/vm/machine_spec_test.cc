@@ -126,6 +126,10 @@ TEST_F(LoadMachine, WrongPathsAreUsageErrors) {
   Error e = load_error();  // empty directory
   EXPECT_EQ(e.code(), ErrorCode::kUsage) << e.what();
   EXPECT_NE(std::string(e.what()).find("is not a VM directory (no vm.json)"), std::string::npos) << e.what();
+  dir_ += "/missing";
+  e = load_error();
+  EXPECT_EQ(e.code(), ErrorCode::kUsage) << e.what();
+  EXPECT_NE(std::string(e.what()).find("no VM directory at '" + dir_ + "'"), std::string::npos) << e.what();
 }
 
 TEST_F(LoadMachine, DamagedMachineDescriptionsAreCorrupt) {
