@@ -54,8 +54,10 @@ void add_vm_commands(CLI::App& app) {
         "create",
         "Make a powered-off VM directory: disk.img (raw; a qcow2/vmdk/... IMAGE is converted with "
         "qemu-img), an empty memory.img of the RAM size, copies of the kernel/initrd, and vm.json. "
-        "With --accel auto (default) a short KVM start is tried and TCG is used if the guest "
-        "does not print within 3 s; the choice is recorded.");
+        "With --accel auto (default) the kernel is booted under KVM (no initrd, a root device "
+        "that does not exist, -no-reboot) and KVM is chosen only if the kernel gets through its "
+        "init to the root file system mount within 10 s; otherwise TCG, with the reason. The "
+        "choice is recorded in vm.json.");
     cmd->add_option("--out", o->c.out_dir, "VM directory to create")->required();
     cmd->add_option("--disk", o->c.disk_image, "disk image (any format qemu-img reads)")
         ->required()

@@ -62,6 +62,7 @@ std::vector<std::string> qemu_argv(const MachineSpec& spec, const RunLayout& run
                        "-mon", "chardev=qmp,mode=control",
                        "-daemonize", "-pidfile", run.pid_file()});
   }
+  if (opt.no_reboot) a.push_back("-no-reboot");
   if (opt.incoming) a.insert(a.end(), {"-incoming", "defer"});
   return a;
 }

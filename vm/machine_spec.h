@@ -94,6 +94,7 @@ struct QemuArgvOptions {
   bool incoming = false;        // -incoming defer (resume)
   bool snapshot_disk = false;   // snapshot=on: never write the disk (probe)
   bool ram_in_file = true;      // false: plain RAM (probe)
+  bool no_reboot = false;       // -no-reboot: QEMU exits when the guest resets (probe: panic=-1)
   std::string extra_append;     // appended to the kernel command line (probe only)
 };
 

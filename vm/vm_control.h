@@ -52,6 +52,9 @@ struct CreateOptions {
   std::string kernel, initrd, append;  // optional direct kernel boot
   std::string accel = "auto";   // "auto" (probe KVM, fall back to TCG), "kvm", "tcg"
   bool force = false;           // overwrite an existing VM directory
+  // How long the --accel auto probe waits for the kernel to reach the root
+  // file system mount under KVM (see probe_kvm()).
+  std::chrono::milliseconds kvm_probe_timeout{10000};
 };
 
 struct CreateResult {
@@ -66,6 +69,27 @@ struct CreateResult {
 };
 
 CreateResult create_vm(const CreateOptions& opt);
+
+struct KvmProbeResult {
+  bool kvm_ok = false;          // the kernel got through its whole init under KVM
+  std::string reason;           // "KVM probe: ...", for vm.json and the user
+  double probe_ms = 0;
+};
+
+// Decides whether KVM can run `spec`'s kernel with its CPU model, CPU count
+// and RAM size: boots the kernel in the foreground with -accel kvm and
+// -no-reboot, plain RAM, run's disk with snapshot=on, no initrd, and
+// "earlyprintk=ttyS0 console=ttyS0 ignore_loglevel panic=-1
+// root=/dev/vmsynth-kvm-probe" appended, so a Linux kernel that works runs
+// its whole init and then panics at the root mount (or waits for the root
+// device with rootwait, or starts a built-in initramfs), and says so on the
+// serial port. Success is one of those lines in the serial log within
+// `timeout`, not merely output: a KVM that cannot run the guest may still
+// print the real-mode setup's "Probing EDD ... ok" and then hang.
+// The probe runs in run.run_dir/.kvm-probe (removed afterwards); QEMU is
+// killed when it returns. Does not check /dev/kvm (create_vm does).
+// REQUIRES: spec.kernel and run.kernel_path set.
+KvmProbeResult probe_kvm(const MachineSpec& spec, const RunLayout& run, std::chrono::milliseconds timeout);
 
 struct StartResult {
   std::string run_dir;

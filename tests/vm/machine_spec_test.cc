@@ -178,6 +178,23 @@ TEST(MachineSpec, ArgvPinsTheMachineAndMapsRam) {
   run.memory_shared = false;
   auto c = qemu_argv(sample(), run, {});
   EXPECT_TRUE(has_arg(c, "-object", "memory-backend-file,id=ram0,size=128M,mem-path=/d/memory.img,share=off"));
+  EXPECT_EQ(std::count(c.begin(), c.end(), "-no-reboot"), 0);
+}
+
+TEST(MachineSpec, ProbeArgvDoesNotRebootAndExtendsTheCommandLine) {
+  RunLayout run;
+  run.run_dir = "/d";
+  run.kernel_path = "/d/kernel";
+  QemuArgvOptions o;
+  o.daemonize = false;
+  o.ram_in_file = false;
+  o.no_reboot = true;
+  o.extra_append = "panic=-1";
+  auto a = qemu_argv(sample(), run, o);
+  EXPECT_EQ(std::count(a.begin(), a.end(), "-no-reboot"), 1);
+  EXPECT_TRUE(has_arg(a, "-append", "console=ttyS0 quiet panic=-1"));
+  EXPECT_TRUE(has_arg(a, "-machine", "pc-i440fx-7.2"));
+  EXPECT_EQ(std::count(a.begin(), a.end(), "-daemonize"), 0);
 }
 
 }  // namespace
