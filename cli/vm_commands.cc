@@ -1,6 +1,7 @@
 // `vmsynth vm ...`: create, start, capture, resume, stop and status of QEMU
 // VMs (see vm/vm_control.h and docs/vm.md). Each command prints one line for
 // people, or with --json one JSON object with "ok": true and its timings.
+#include <chrono>
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -99,24 +100,35 @@ void add_vm_commands(CLI::App& app) {
   {
     struct Opts {
       std::string dir;
+      unsigned boot_timeout_s = 120;
       bool json = false;
     };
     auto o = std::make_shared<Opts>();
     CLI::App* cmd = vm->add_subcommand(
         "start",
         "Cold-boot the VM in DIR in the background (daemonized QEMU; qemu.pid, qmp.sock and the "
-        "serial console serial.log in DIR). Returns once QEMU answers on QMP.");
+        "serial console serial.log in DIR). Returns once QEMU answers on QMP and the guest has "
+        "written to its serial console; a guest that writes nothing within --boot-timeout seconds "
+        "has not booted: QEMU is stopped and the command fails (exit 6).");
     cmd->add_option("DIR", o->dir, "VM directory")->required();
+    cmd->add_option("--boot-timeout", o->boot_timeout_s,
+                    "seconds the guest may take to write its first byte to serial.log; 0 = do not "
+                    "wait (for guests that do not use ttyS0)")
+        ->capture_default_str();
     cmd->add_flag("--json", o->json, "print the result as JSON");
     cmd->callback([o] {
-      vm::StartResult r = vm::start_vm(o->dir);
+      vm::StartOptions so;
+      so.boot_timeout = std::chrono::seconds(o->boot_timeout_s);
+      vm::StartResult r = vm::start_vm(o->dir, so);
       json j = {{"ok", true},          {"command", "vm start"},
                 {"dir", r.run_dir},    {"pid", r.pid},
                 {"accelerator", vm::accel_name(r.accel)},
                 {"start_ms", round1(r.start_ms)}};
+      if (r.first_output_ms >= 0) j["first_output_ms"] = round1(r.first_output_ms);
       emit(o->json, j,
            "started " + r.run_dir + " (pid " + std::to_string(r.pid) + ", " +
-               vm::accel_name(r.accel) + ") in " + ms(r.start_ms));
+               vm::accel_name(r.accel) + ") in " + ms(r.start_ms) +
+               (r.first_output_ms >= 0 ? "; first serial output after " + ms(r.first_output_ms) : ""));
     });
   }
 

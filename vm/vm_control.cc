@@ -483,7 +483,21 @@ CreateResult create_vm(const CreateOptions& opt) {
 
 // ---------------------------------------------------------------- start
 
-StartResult start_vm(const std::string& dir_in) {
+namespace {
+
+uint64_t size_or_zero(const std::string& path) {
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0 ? static_cast<uint64_t>(st.st_size) : 0;
+}
+
+std::string seconds_text(Ms d) {
+  if (d.count() % 1000 == 0) return std::to_string(d.count() / 1000) + " s";
+  return std::to_string(d.count()) + " ms";
+}
+
+}  // namespace
+
+StartResult start_vm(const std::string& dir_in, const StartOptions& opt) {
   const std::string dir = absolute_path(dir_in);
   VmDescription d = load_machine(dir, "started");
   require_qemu();
@@ -492,6 +506,8 @@ StartResult start_vm(const std::string& dir_in) {
   require_not_running(dir);
   resolve_boot_files(spec, run, {dir});
   clear_run_files(run);
+  // serial.log is appended across runs: this boot's output is what follows.
+  const uint64_t serial_before = size_or_zero(run.serial_log());
 
   const auto t0 = Clock::now();
   QemuGuard guard(run);
@@ -502,6 +518,35 @@ StartResult start_vm(const std::string& dir_in) {
   r.pid = running_pid(dir).value_or(-1);
   r.accel = spec.accel;
   r.start_ms = ms_since(t0);
+  if (opt.boot_timeout.count() > 0) {
+    // A guest that never writes to its console has not booted (e.g. a KVM
+    // that hangs in the kernel's real-mode setup): say so now rather than
+    // leave a VM that only looks started. The guard stops QEMU on throw.
+    const auto deadline = t0 + opt.boot_timeout;
+    const std::string pid_text = r.pid > 0 ? " (pid " + std::to_string(r.pid) + ")" : "";
+    while (size_or_zero(run.serial_log()) <= serial_before) {
+      if (!running_pid(dir)) {
+        throw Error(ErrorCode::kIo, "QEMU" + pid_text + " of the VM in '" + dir +
+                                        "' exited " + std::to_string(static_cast<long>(ms_since(t0))) +
+                                        " ms after starting, before the guest wrote anything to its "
+                                        "serial console '" + run.serial_log() + "'");
+      }
+      if (Clock::now() >= deadline) {
+        std::string accel = accel_name(spec.accel);
+        if (!spec.accel_reason.empty()) accel += " (recorded at vm create: " + spec.accel_reason + ")";
+        throw Error(ErrorCode::kIo,
+                    "the VM in '" + dir + "' wrote nothing to its serial console '" + run.serial_log() +
+                        "' within " + seconds_text(opt.boot_timeout) +
+                        " of starting, so it has not booted; its QEMU" + pid_text +
+                        " was stopped. Accelerator " + accel +
+                        ". If the accelerator cannot run this guest, recreate the VM with --accel tcg; "
+                        "if the guest boots but does not write to ttyS0 (no console=ttyS0 on its kernel "
+                        "command line), start it with --boot-timeout 0");
+      }
+      std::this_thread::sleep_for(Ms(20));
+    }
+    r.first_output_ms = ms_since(t0);
+  }
   guard.release();
   return r;
 }

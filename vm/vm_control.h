@@ -22,7 +22,8 @@
 // vm/machine_spec.h); kUsage for "no VM directory at", "not a VM directory",
 // "not running"; kExists for "already running" or an existing output without
 // force; kIo for QEMU/QMP failures (the message names the QMP command or
-// QEMU's own error).
+// QEMU's own error) and for a started guest that writes nothing to its serial
+// console within StartOptions::boot_timeout.
 //
 // Ownership: the functions own the QEMU processes only while they start
 // them; once a function returns successfully the VM runs detached (daemonized)
@@ -91,15 +92,27 @@ struct KvmProbeResult {
 // REQUIRES: spec.kernel and run.kernel_path set.
 KvmProbeResult probe_kvm(const MachineSpec& spec, const RunLayout& run, std::chrono::milliseconds timeout);
 
+struct StartOptions {
+  // How long the guest may take to write its first byte to serial.log after
+  // QEMU is spawned; a guest that stays silent has not booted, and start_vm
+  // then stops QEMU and throws kIo. Zero: return once QMP answers, without
+  // waiting (guests that do not use ttyS0).
+  // Default 120 s: a TCG boot on a loaded machine may take tens of seconds
+  // before its first line (with `quiet`, often only user space prints).
+  std::chrono::milliseconds boot_timeout{120000};
+};
+
 struct StartResult {
   std::string run_dir;
   pid_t pid = -1;
   Accel accel = Accel::kTcg;
   double start_ms = 0;          // from spawning QEMU until QMP answers
+  double first_output_ms = -1;  // from spawning QEMU until serial.log grew; -1 when not waited for
 };
 
-// Cold boot of the VM in `dir` (daemonized). Returns once QMP answers.
-StartResult start_vm(const std::string& dir);
+// Cold boot of the VM in `dir` (daemonized). Returns once QMP answers and,
+// unless opt.boot_timeout is zero, the guest has written to its serial console.
+StartResult start_vm(const std::string& dir, const StartOptions& opt = {});
 
 struct CaptureOptions {
   std::string out_dir;

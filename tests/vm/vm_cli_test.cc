@@ -1,8 +1,10 @@
-// `vmsynth vm ...` through the real binary where no guest is needed: paths
-// that do not exist or are not VM directories, and the synthetic VMs of
-// `gen-pair`, which have images but no machine description and so cannot
-// be launched.
+// `vmsynth vm ...` through the real binary where no real guest is needed:
+// `vm start` against a fake daemonizing QEMU (tests/vm/fake_qemu.h) that
+// writes nothing, or something, to the serial console; paths that do not
+// exist or are not VM directories; and the synthetic VMs of `gen-pair`,
+// which have images but no machine description and so cannot be launched.
 #include <gtest/gtest.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -14,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "testutil/temp_dir.h"
+#include "vm/fake_qemu.h"
 #include "vm/machine_spec.h"
 #include "vm/subprocess.h"
 
@@ -44,6 +47,84 @@ void write_powered_off_vm(const std::string& dir) {
   RunLayout run;
   run.run_dir = dir;
   write_vm_json(dir, to_json(spec, run));
+}
+
+// True while `pid` exists and is not a zombie.
+bool alive(pid_t pid) {
+  if (pid <= 0 || ::kill(pid, 0) != 0) return false;
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string id, comm, state;
+  return !(stat >> id >> comm >> state) || state != "Z";
+}
+
+pid_t read_pid(const std::string& path) {
+  std::ifstream f(path);
+  pid_t pid = -1;
+  f >> pid;
+  return pid;
+}
+
+class VmStart : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (::access("/usr/bin/python3", X_OK) != 0) GTEST_SKIP() << "the fake QEMU needs /usr/bin/python3";
+    fs::create_directories(bin_);
+    write_powered_off_vm(vm_);
+  }
+  void TearDown() override {
+    // Whatever happened, no fake QEMU outlives the test.
+    pid_t pid = read_pid(bin_ + "/daemon.pid");
+    if (alive(pid)) ::kill(pid, SIGKILL);
+  }
+
+  testutil::TempDir t_{"vmsynth-start"};
+  std::string bin_ = t_.path() + "/bin";
+  std::string vm_ = t_.path() + "/vm";
+};
+
+TEST_F(VmStart, GuestThatWritesNothingFailsAndQemuIsStopped) {
+  fake::write_daemon_qemu(bin_, "");
+  ProcessResult r = vmsynth({"vm", "start", vm_, "--boot-timeout", "1"}, bin_);
+  EXPECT_EQ(r.exit_code, 6) << r.out << r.err;
+  EXPECT_NE(r.err.find("the VM in '" + vm_ + "' wrote nothing to its serial console '" + vm_ +
+                       "/serial.log' within 1 s"),
+            std::string::npos)
+      << r.err;
+  EXPECT_NE(r.err.find("--boot-timeout 0"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("--accel tcg"), std::string::npos) << r.err;
+
+  // QEMU was started (the fake daemon recorded itself) and is stopped again.
+  const pid_t pid = read_pid(bin_ + "/daemon.pid");
+  ASSERT_GT(pid, 0) << "the fake QEMU never ran";
+  EXPECT_FALSE(alive(pid)) << "QEMU must be stopped when the guest did not boot";
+  EXPECT_FALSE(fs::exists(vm_ + "/qemu.pid"));
+  EXPECT_FALSE(fs::exists(vm_ + "/qmp.sock"));
+  ProcessResult s = vmsynth({"vm", "status", vm_, "--json"});
+  EXPECT_EQ(s.exit_code, 0) << s.err;
+  EXPECT_EQ(nlohmann::json::parse(s.out).value("running", true), false) << s.out;
+}
+
+TEST_F(VmStart, FirstSerialOutputEndsTheWait) {
+  // Old output from an earlier run is in serial.log already: only new bytes count.
+  std::ofstream(vm_ + "/serial.log") << "COUNTER 7\r\n";
+  fake::write_daemon_qemu(bin_, "VMSYNTH-GUEST BOOT\r\n");
+  ProcessResult r = vmsynth({"vm", "start", vm_, "--json"}, bin_);
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  auto j = nlohmann::json::parse(r.out);
+  EXPECT_TRUE(j.contains("first_output_ms")) << r.out;
+  EXPECT_EQ(j.value("pid", -1), read_pid(bin_ + "/daemon.pid"));
+  ProcessResult s = vmsynth({"vm", "status", vm_, "--json"});
+  EXPECT_EQ(nlohmann::json::parse(s.out).value("running", false), true) << s.out;
+  EXPECT_EQ(vmsynth({"vm", "stop", vm_}).exit_code, 0);
+}
+
+TEST_F(VmStart, BootTimeoutZeroDoesNotWaitForOutput) {
+  fake::write_daemon_qemu(bin_, "");
+  ProcessResult r = vmsynth({"vm", "start", vm_, "--boot-timeout", "0", "--json"}, bin_);
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  EXPECT_FALSE(nlohmann::json::parse(r.out).contains("first_output_ms")) << r.out;
+  EXPECT_TRUE(alive(read_pid(bin_ + "/daemon.pid")));
+  EXPECT_EQ(vmsynth({"vm", "stop", vm_}).exit_code, 0);
 }
 
 TEST(VmCli, MissingDirectoryIsAnErrorNamingIt) {
