@@ -1,6 +1,7 @@
 // `vmsynth vm ...`: create, start, capture, resume, stop and status of QEMU
 // VMs (see vm/vm_control.h and docs/vm.md). Each command prints one line for
 // people, or with --json one JSON object with "ok": true and its timings.
+#include <chrono>
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -54,8 +55,10 @@ void add_vm_commands(CLI::App& app) {
         "create",
         "Make a powered-off VM directory: disk.img (raw; a qcow2/vmdk/... IMAGE is converted with "
         "qemu-img), an empty memory.img of the RAM size, copies of the kernel/initrd, and vm.json. "
-        "With --accel auto (default) a short KVM start is tried and TCG is used if the guest "
-        "does not print within 3 s; the choice is recorded.");
+        "With --accel auto (default) the kernel is booted under KVM (no initrd, a root device "
+        "that does not exist, -no-reboot) and KVM is chosen only if the kernel gets through its "
+        "init to the root file system mount within 10 s; otherwise TCG, with the reason. The "
+        "choice is recorded in vm.json.");
     cmd->add_option("--out", o->c.out_dir, "VM directory to create")->required();
     cmd->add_option("--disk", o->c.disk_image, "disk image (any format qemu-img reads)")
         ->required()
@@ -97,24 +100,35 @@ void add_vm_commands(CLI::App& app) {
   {
     struct Opts {
       std::string dir;
+      unsigned boot_timeout_s = 120;
       bool json = false;
     };
     auto o = std::make_shared<Opts>();
     CLI::App* cmd = vm->add_subcommand(
         "start",
         "Cold-boot the VM in DIR in the background (daemonized QEMU; qemu.pid, qmp.sock and the "
-        "serial console serial.log in DIR). Returns once QEMU answers on QMP.");
+        "serial console serial.log in DIR). Returns once QEMU answers on QMP and the guest has "
+        "written to its serial console; a guest that writes nothing within --boot-timeout seconds "
+        "has not booted: QEMU is stopped and the command fails (exit 6).");
     cmd->add_option("DIR", o->dir, "VM directory")->required();
+    cmd->add_option("--boot-timeout", o->boot_timeout_s,
+                    "seconds the guest may take to write its first byte to serial.log; 0 = do not "
+                    "wait (for guests that do not use ttyS0)")
+        ->capture_default_str();
     cmd->add_flag("--json", o->json, "print the result as JSON");
     cmd->callback([o] {
-      vm::StartResult r = vm::start_vm(o->dir);
+      vm::StartOptions so;
+      so.boot_timeout = std::chrono::seconds(o->boot_timeout_s);
+      vm::StartResult r = vm::start_vm(o->dir, so);
       json j = {{"ok", true},          {"command", "vm start"},
                 {"dir", r.run_dir},    {"pid", r.pid},
                 {"accelerator", vm::accel_name(r.accel)},
                 {"start_ms", round1(r.start_ms)}};
+      if (r.first_output_ms >= 0) j["first_output_ms"] = round1(r.first_output_ms);
       emit(o->json, j,
            "started " + r.run_dir + " (pid " + std::to_string(r.pid) + ", " +
-               vm::accel_name(r.accel) + ") in " + ms(r.start_ms));
+               vm::accel_name(r.accel) + ") in " + ms(r.start_ms) +
+               (r.first_output_ms >= 0 ? "; first serial output after " + ms(r.first_output_ms) : ""));
     });
   }
 
@@ -175,7 +189,8 @@ void add_vm_commands(CLI::App& app) {
         "(qcow2 overlay of VMDIR/disk.img + a copy of memory.img, share=on) so VMDIR stays "
         "pristine and the VM in DIR can be captured. Add --shared-memory to map VMDIR/memory.img "
         "copy-on-write instead of copying it: many clones of one VMDIR start cheaply, but they "
-        "cannot be captured.");
+        "cannot be captured. A VMDIR whose vm.json is absent or is not a machine description "
+        "(gen-pair's synthetic VMs) cannot be launched (exit 7).");
     cmd->add_option("VMDIR", o->vmdir, "captured or synthesized VM directory")->required();
     cmd->add_option("--work", o->r.work_dir, "run on a clone in this directory");
     cmd->add_flag("--shared-memory", o->r.shared_memory,
@@ -234,7 +249,9 @@ void add_vm_commands(CLI::App& app) {
     };
     auto o = std::make_shared<Opts>();
     CLI::App* cmd = vm->add_subcommand(
-        "status", "Say whether a VM runs in DIR (pidfile lock held) and its QMP run state.");
+        "status",
+        "Say whether a VM runs in DIR (pidfile lock held) and its QMP run state. Fails (exit 2) "
+        "when DIR does not exist or has no vm.json.");
     cmd->add_option("DIR", o->dir, "directory a VM may run in")->required();
     cmd->add_flag("--json", o->json, "print the result as JSON");
     cmd->callback([o] {

@@ -62,6 +62,7 @@ std::vector<std::string> qemu_argv(const MachineSpec& spec, const RunLayout& run
                        "-mon", "chardev=qmp,mode=control",
                        "-daemonize", "-pidfile", run.pid_file()});
   }
+  if (opt.no_reboot) a.push_back("-no-reboot");
   if (opt.incoming) a.insert(a.end(), {"-incoming", "defer"});
   return a;
 }
@@ -123,7 +124,16 @@ Json to_json(const MachineSpec& s, const RunLayout& run) {
 
 MachineSpec spec_from_json(const Json& j) {
   MachineSpec s;
+  // "schema_version" is what makes a vm.json a machine description: without
+  // it the file describes something else (gen-pair's synthetic VMs), which
+  // is not damage but a VM vmsynth cannot run.
+  if (!j.is_object() || !j.contains("schema_version")) {
+    throw Error(ErrorCode::kUnsupported, "vm.json is not a machine description (no 'schema_version')");
+  }
   s.schema_version = field<int>(j, "schema_version");
+  if (s.schema_version < 1) {
+    throw_corrupt("vm.json has the invalid schema version " + std::to_string(s.schema_version));
+  }
   if (s.schema_version > kVmJsonSchemaVersion) {
     throw Error(ErrorCode::kUnsupported,
                 "vm.json has schema version " + std::to_string(s.schema_version) +
@@ -176,6 +186,9 @@ RunLayout run_from_json(const Json& j, const std::string& run_dir) {
 
 Json read_vm_json(const std::string& dir) {
   const std::string path = dir + "/vm.json";
+  if (!io::path_exists(dir)) {
+    throw Error(ErrorCode::kUsage, "no VM directory at '" + dir + "': it does not exist");
+  }
   if (!io::path_exists(path)) {
     throw Error(ErrorCode::kUsage, "'" + dir + "' is not a VM directory (no vm.json); create one with "
                                    "`vmsynth vm create` or `vmsynth vm capture`");
@@ -184,6 +197,41 @@ Json read_vm_json(const std::string& dir) {
   Json j = Json::parse(text, nullptr, false);
   if (j.is_discarded() || !j.is_object()) throw_corrupt("'" + path + "' is not valid JSON");
   return j;
+}
+
+VmDescription load_machine(const std::string& dir, std::string_view action) {
+  const std::string what = "VM directory '" + dir + "' cannot be " + std::string(action);
+  if (io::path_exists(dir) && !io::path_exists(dir + "/" + std::string(kVmJsonName))) {
+    // Images but no description: an overlay of VMs without vm.json
+    // synthesizes such a directory. The bytes are fine; QEMU cannot be
+    // configured for them.
+    for (std::string_view image : {kMemoryImageName, kDiskImageName, kQcow2DiskName}) {
+      if (io::path_exists(dir + "/" + std::string(image))) {
+        throw Error(ErrorCode::kUnsupported,
+                    what + ": it has no vm.json, so nothing says which machine its images belong to; "
+                           "only VMs made by `vmsynth vm create` or `vmsynth vm capture` (and overlays "
+                           "of them) carry a machine description");
+      }
+    }
+  }
+  VmDescription d;
+  d.json = read_vm_json(dir);
+  try {
+    d.spec = spec_from_json(d.json);
+  } catch (Error& e) {
+    if (e.code() == ErrorCode::kUnsupported && !d.json.contains("schema_version")) {
+      const bool synthetic = d.json.value("synthetic", false);
+      throw Error(ErrorCode::kUnsupported,
+                  what + ": its vm.json is not a machine description (no 'schema_version'; " +
+                      (synthetic ? "it describes a synthetic VM made by `vmsynth gen-pair`, and gen-pair "
+                                   "makes synthetic VMs that do not boot"
+                                 : "machine descriptions are written by `vmsynth vm create` and "
+                                   "`vmsynth vm capture`") +
+                      ")");
+    }
+    throw Error(e.code(), what + ": " + e.message());
+  }
+  return d;
 }
 
 void write_vm_json(const std::string& dir, const Json& j) {

@@ -26,6 +26,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -93,6 +94,7 @@ struct QemuArgvOptions {
   bool incoming = false;        // -incoming defer (resume)
   bool snapshot_disk = false;   // snapshot=on: never write the disk (probe)
   bool ram_in_file = true;      // false: plain RAM (probe)
+  bool no_reboot = false;       // -no-reboot: QEMU exits when the guest resets (probe: panic=-1)
   std::string extra_append;     // appended to the kernel command line (probe only)
 };
 
@@ -100,14 +102,41 @@ struct QemuArgvOptions {
 std::vector<std::string> qemu_argv(const MachineSpec& spec, const RunLayout& run,
                                    const QemuArgvOptions& opt);
 
-// vm.json (de)serialisation. from_json throws kCorrupt naming the field, and
-// kUnsupported for a newer schema version.
+// vm.json (de)serialisation. spec_from_json throws kUnsupported for a
+// vm.json that is not a machine description (no "schema_version": e.g. the
+// descriptive vm.json of a `vmsynth gen-pair` VM) or has a newer schema, and
+// kCorrupt naming the field when a machine description lacks a field or has
+// one of the wrong type.
 nlohmann::json to_json(const MachineSpec& spec, const RunLayout& run);
 MachineSpec spec_from_json(const nlohmann::json& j);
 RunLayout run_from_json(const nlohmann::json& j, const std::string& run_dir);
 
-// Reads DIR/vm.json; throws kUsage "'DIR' is not a VM directory" when absent.
+// Reads DIR/vm.json as a JSON object. Throws kUsage "no VM directory at
+// 'DIR'" when DIR does not exist, kUsage "'DIR' is not a VM directory" when
+// it has no vm.json, kCorrupt when vm.json is not a JSON object.
 nlohmann::json read_vm_json(const std::string& dir);
+
+// vm.json of a VM directory and the machine it describes.
+struct VmDescription {
+  nlohmann::json json;
+  MachineSpec spec;
+};
+
+// What start, capture and resume read before QEMU runs a VM directory.
+// `action` ("started", "launched", "captured") goes into the messages, which
+// all name `dir`. Throws
+//   kUsage        `dir` does not exist, or holds neither vm.json nor a VM
+//                 image (memory.img, disk.img, disk.qcow2): a wrong path;
+//   kUnsupported  `dir` is a VM directory that cannot be run: it has images
+//                 but no vm.json, or a vm.json that is not a machine
+//                 description (no "schema_version"; `vmsynth gen-pair` writes
+//                 such files for its synthetic VMs, which do not boot), or
+//                 one with a newer schema version;
+//   kCorrupt      vm.json is not valid JSON, or is a machine description
+//                 (has "schema_version") that lacks a field or has a field of
+//                 the wrong type.
+VmDescription load_machine(const std::string& dir, std::string_view action);
+
 // Writes DIR/vm.json atomically (temp file + rename).
 void write_vm_json(const std::string& dir, const nlohmann::json& j);
 

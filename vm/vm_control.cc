@@ -10,7 +10,9 @@
 #include <ctime>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <optional>
+#include <string_view>
 #include <thread>
 
 #include "common/error.h"
@@ -31,9 +33,12 @@ namespace {
 
 constexpr const char* kQemu = "qemu-system-x86_64";
 constexpr const char* kQemuImg = "qemu-img";
-// How long the KVM probe waits for the guest's first serial byte. Unit ms;
-// a working KVM prints within ~100 ms with earlyprintk; TCG needs no probe.
-constexpr int kKvmProbeMs = 3000;
+// Kernel arguments the KVM probe appends: early output on ttyS0 with every
+// message shown (the VM's own command line may say `quiet`), and a root
+// device that cannot exist, so that a working kernel panics right after its
+// init, and with panic=-1 + -no-reboot QEMU then exits by itself.
+constexpr const char* kProbeAppend =
+    "earlyprintk=ttyS0 console=ttyS0 ignore_loglevel panic=-1 root=/dev/vmsynth-kvm-probe";
 
 double ms_since(Clock::time_point t0) {
   return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
@@ -269,6 +274,42 @@ ImageInfo image_info(const std::string& path) {
   return {j["format"].get<std::string>(), j.value("virtual-size", uint64_t{0})};
 }
 
+// Lines a Linux kernel prints once its whole init has run, right before user
+// space: with the probe's bogus root= it panics at the root mount, with the
+// VM's own `rootwait` it waits for the root device instead, and a built-in
+// initramfs starts /init. A KVM that cannot run the guest never gets there
+// (on the development machine it prints the real-mode setup's
+// "Probing EDD (edd=off to disable)... ok" and hangs).
+constexpr std::string_view kProbeProgressMarkers[] = {
+    "VFS: Unable to mount root fs",
+    "Waiting for root device",
+    " as init process",
+};
+
+std::optional<std::string_view> probe_progress(std::string_view serial) {
+  for (std::string_view m : kProbeProgressMarkers) {
+    if (serial.find(m) != std::string_view::npos) return m;
+  }
+  return std::nullopt;
+}
+
+// The last non-empty line of serial output, printable and short, for messages.
+std::string last_line(std::string_view serial) {
+  while (!serial.empty() && (serial.back() == '\n' || serial.back() == '\r' || serial.back() == ' ')) {
+    serial.remove_suffix(1);
+  }
+  auto nl = serial.find_last_of("\r\n");
+  std::string_view line = nl == std::string_view::npos ? serial : serial.substr(nl + 1);
+  std::string out;
+  for (char c : line.substr(0, 100)) out += (c >= 0x20 && c < 0x7f) ? c : '?';
+  return out;
+}
+
+std::string read_serial(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+}
+
 // What KVM-or-TCG decision to record, and why.
 std::pair<Accel, std::string> choose_accel(const CreateOptions& opt, const MachineSpec& spec,
                                            const RunLayout& run) {
@@ -280,47 +321,8 @@ std::pair<Accel, std::string> choose_accel(const CreateOptions& opt, const Machi
   if (!spec.kernel) {
     return {Accel::kTcg, "no --kernel to probe KVM with; TCG is the safe choice (force with --accel kvm)"};
   }
-  // Try a short start with KVM and the pinned CPU model: success means the
-  // guest writes to its serial port within kKvmProbeMs (earlyprintk makes
-  // the kernel do so at once). QEMU exiting, or silence, means TCG.
-  const std::string probe_dir = file_in(run.run_dir, ".kvm-probe");
-  make_dirs(probe_dir);
-  RunLayout prun = run;
-  prun.run_dir = probe_dir;
-  prun.disk_file = run.path(run.disk_file);
-  MachineSpec pspec = spec;
-  pspec.accel = Accel::kKvm;
-  QemuArgvOptions po;
-  po.daemonize = false;
-  po.ram_in_file = false;
-  po.snapshot_disk = true;
-  po.extra_append = "earlyprintk=ttyS0";
-  std::string verdict;
-  bool ok = false;
-  {
-    Subprocess p = Subprocess::spawn(qemu_argv(pspec, prun, po), true);
-    const auto deadline = Clock::now() + Ms(kKvmProbeMs);
-    while (Clock::now() < deadline) {
-      if (auto r = p.wait_for(Ms(50))) {
-        verdict = "KVM probe: QEMU exited (" + r->describe() + ")";
-        break;
-      }
-      struct stat st;
-      if (::stat(prun.serial_log().c_str(), &st) == 0 && st.st_size > 0) {
-        ok = true;
-        verdict = "KVM probe: guest printed within " + std::to_string(kKvmProbeMs) + " ms";
-        break;
-      }
-    }
-    if (verdict.empty()) {
-      verdict = "KVM probe: no guest output within " + std::to_string(kKvmProbeMs) +
-                " ms (KVM here cannot run this guest)";
-    }
-    p.terminate(SIGKILL, Ms(2000));
-  }
-  std::error_code ec;
-  fs::remove_all(probe_dir, ec);
-  return {ok ? Accel::kKvm : Accel::kTcg, verdict};
+  KvmProbeResult p = probe_kvm(spec, run, opt.kvm_probe_timeout);
+  return {p.kvm_ok ? Accel::kKvm : Accel::kTcg, p.reason};
 }
 
 }  // namespace
@@ -332,6 +334,66 @@ std::string absolute_path(const std::string& path) {
   std::string s = p.lexically_normal().string();
   while (s.size() > 1 && s.back() == '/') s.pop_back();
   return s;
+}
+
+// ---------------------------------------------------------------- KVM probe
+
+KvmProbeResult probe_kvm(const MachineSpec& spec, const RunLayout& run, Ms timeout) {
+  const auto t0 = Clock::now();
+  const std::string probe_dir = file_in(run.run_dir, ".kvm-probe");
+  make_dirs(probe_dir);
+  RunLayout prun = run;
+  prun.run_dir = probe_dir;
+  prun.disk_file = run.path(run.disk_file);
+  prun.initrd_path.clear();  // no initrd: the kernel goes straight to the (bogus) root mount
+  remove_file(prun.serial_log());
+  MachineSpec pspec = spec;
+  pspec.accel = Accel::kKvm;
+  QemuArgvOptions po;
+  po.daemonize = false;
+  po.ram_in_file = false;
+  po.snapshot_disk = true;
+  po.no_reboot = true;
+  po.extra_append = kProbeAppend;
+  const std::string limit = std::to_string(timeout.count()) + " ms";
+  KvmProbeResult res;
+  {
+    Subprocess p = Subprocess::spawn(qemu_argv(pspec, prun, po), true);
+    std::optional<ProcessResult> exited;
+    std::string serial;
+    std::optional<std::string_view> reached;
+    const auto deadline = Clock::now() + timeout;
+    while (true) {
+      // Read the log after the exit check: a guest that panics and resets
+      // makes QEMU exit, and its last lines are then already in the file.
+      exited = p.wait_for(Ms(50));
+      serial = read_serial(prun.serial_log());
+      reached = probe_progress(serial);
+      if (reached || exited || Clock::now() >= deadline) break;
+    }
+    res.probe_ms = ms_since(t0);
+    const std::string took = std::to_string(static_cast<long>(res.probe_ms)) + " ms";
+    if (reached) {
+      res.kvm_ok = true;
+      res.reason = "KVM probe: the kernel ran its whole init under KVM ('" + std::string(*reached) +
+                   "' on the serial port after " + took + ")";
+    } else {
+      std::string what = exited ? "QEMU exited (" + exited->describe() + ")"
+                                : "no progress within " + limit;
+      if (serial.empty()) {
+        res.reason = "KVM probe: " + what + " and the guest wrote nothing to its serial port";
+      } else {
+        res.reason = "KVM probe: " + what + ": the guest printed " + std::to_string(serial.size()) +
+                     " bytes but made no progress past '" + last_line(serial) +
+                     "' (its kernel never reached the root file system mount)";
+      }
+      res.reason += "; KVM here cannot run this guest, so TCG (force KVM with --accel kvm)";
+    }
+    if (!exited) p.terminate(SIGKILL, Ms(2000));
+  }
+  std::error_code ec;
+  fs::remove_all(probe_dir, ec);
+  return res;
 }
 
 // ---------------------------------------------------------------- create
@@ -421,15 +483,31 @@ CreateResult create_vm(const CreateOptions& opt) {
 
 // ---------------------------------------------------------------- start
 
-StartResult start_vm(const std::string& dir_in) {
-  require_qemu();
+namespace {
+
+uint64_t size_or_zero(const std::string& path) {
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0 ? static_cast<uint64_t>(st.st_size) : 0;
+}
+
+std::string seconds_text(Ms d) {
+  if (d.count() % 1000 == 0) return std::to_string(d.count() / 1000) + " s";
+  return std::to_string(d.count()) + " ms";
+}
+
+}  // namespace
+
+StartResult start_vm(const std::string& dir_in, const StartOptions& opt) {
   const std::string dir = absolute_path(dir_in);
-  Json j = read_vm_json(dir);
-  MachineSpec spec = spec_from_json(j);
-  RunLayout run = run_from_json(j, dir);
+  VmDescription d = load_machine(dir, "started");
+  require_qemu();
+  const MachineSpec& spec = d.spec;
+  RunLayout run = run_from_json(d.json, dir);
   require_not_running(dir);
   resolve_boot_files(spec, run, {dir});
   clear_run_files(run);
+  // serial.log is appended across runs: this boot's output is what follows.
+  const uint64_t serial_before = size_or_zero(run.serial_log());
 
   const auto t0 = Clock::now();
   QemuGuard guard(run);
@@ -440,6 +518,35 @@ StartResult start_vm(const std::string& dir_in) {
   r.pid = running_pid(dir).value_or(-1);
   r.accel = spec.accel;
   r.start_ms = ms_since(t0);
+  if (opt.boot_timeout.count() > 0) {
+    // A guest that never writes to its console has not booted (e.g. a KVM
+    // that hangs in the kernel's real-mode setup): say so now rather than
+    // leave a VM that only looks started. The guard stops QEMU on throw.
+    const auto deadline = t0 + opt.boot_timeout;
+    const std::string pid_text = r.pid > 0 ? " (pid " + std::to_string(r.pid) + ")" : "";
+    while (size_or_zero(run.serial_log()) <= serial_before) {
+      if (!running_pid(dir)) {
+        throw Error(ErrorCode::kIo, "QEMU" + pid_text + " of the VM in '" + dir +
+                                        "' exited " + std::to_string(static_cast<long>(ms_since(t0))) +
+                                        " ms after starting, before the guest wrote anything to its "
+                                        "serial console '" + run.serial_log() + "'");
+      }
+      if (Clock::now() >= deadline) {
+        std::string accel = accel_name(spec.accel);
+        if (!spec.accel_reason.empty()) accel += " (recorded at vm create: " + spec.accel_reason + ")";
+        throw Error(ErrorCode::kIo,
+                    "the VM in '" + dir + "' wrote nothing to its serial console '" + run.serial_log() +
+                        "' within " + seconds_text(opt.boot_timeout) +
+                        " of starting, so it has not booted; its QEMU" + pid_text +
+                        " was stopped. Accelerator " + accel +
+                        ". If the accelerator cannot run this guest, recreate the VM with --accel tcg; "
+                        "if the guest boots but does not write to ttyS0 (no console=ttyS0 on its kernel "
+                        "command line), start it with --boot-timeout 0");
+      }
+      std::this_thread::sleep_for(Ms(20));
+    }
+    r.first_output_ms = ms_since(t0);
+  }
   guard.release();
   return r;
 }
@@ -448,8 +555,9 @@ StartResult start_vm(const std::string& dir_in) {
 
 CaptureResult capture_vm(const std::string& dir_in, const CaptureOptions& opt) {
   const std::string dir = absolute_path(dir_in);
-  Json j = read_vm_json(dir);
-  MachineSpec spec = spec_from_json(j);
+  VmDescription d = load_machine(dir, "captured");
+  const Json& j = d.json;
+  const MachineSpec& spec = d.spec;
   RunLayout run = run_from_json(j, dir);
   require_running(dir);
   if (!run.memory_shared) {
@@ -547,10 +655,13 @@ CaptureResult capture_vm(const std::string& dir_in, const CaptureOptions& opt) {
 
 ResumeResult resume_vm(const std::string& vmdir_in, const ResumeOptions& opt) {
   const auto t0 = Clock::now();
-  require_qemu();
   const std::string vmdir = absolute_path(vmdir_in);
-  Json j = read_vm_json(vmdir);
-  MachineSpec spec = spec_from_json(j);
+  // Before QEMU is looked for: a directory that can never be launched should
+  // say so on any machine.
+  VmDescription d = load_machine(vmdir, "launched");
+  require_qemu();
+  const Json& j = d.json;
+  const MachineSpec& spec = d.spec;
   const std::string devstate = file_in(vmdir, kDevStateName);
   if (!io::path_exists(devstate)) {
     throw Error(ErrorCode::kUsage, "'" + vmdir + "' has no devstate.bin: it is a powered-off VM, not a "
@@ -631,8 +742,19 @@ ResumeResult resume_vm(const std::string& vmdir_in, const ResumeOptions& opt) {
 
 // ---------------------------------------------------------------- stop / status
 
+namespace {
+
+void require_dir_exists(const std::string& dir) {
+  if (!io::path_exists(dir)) {
+    throw Error(ErrorCode::kUsage, "no VM directory at '" + dir + "': it does not exist");
+  }
+}
+
+}  // namespace
+
 StopResult stop_vm(const std::string& dir_in, Ms grace) {
   const std::string dir = absolute_path(dir_in);
+  require_dir_exists(dir);
   const auto t0 = Clock::now();
   RunLayout run;
   run.run_dir = dir;
@@ -662,6 +784,12 @@ StopResult stop_vm(const std::string& dir_in, Ms grace) {
 
 VmStatus query_vm(const std::string& dir_in) {
   const std::string dir = absolute_path(dir_in);
+  // A wrong path must not read as "not running". Only existence is checked:
+  // the pidfile lock, not vm.json's content, says whether a VM runs here.
+  require_dir_exists(dir);
+  if (!io::path_exists(file_in(dir, kVmJsonName))) {
+    throw Error(ErrorCode::kUsage, "'" + dir + "' is not a VM directory (no vm.json); no VM can run there");
+  }
   VmStatus s;
   auto pid = running_pid(dir);
   if (!pid) return s;

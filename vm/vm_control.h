@@ -16,10 +16,14 @@
 // VM's disk.img + a share=on copy of memory.img, or with shared_memory a
 // copy-on-write share=off mapping of memory.img) so the source stays pristine.
 //
-// Errors: vmsynth::Error. kUnsupported when QEMU is not installed or a VM
-// cannot be captured; kUsage for "not a VM directory", "not running";
-// kExists for "already running" or an existing output without force; kIo for
-// QEMU/QMP failures (the message names the QMP command or QEMU's own error).
+// Errors: vmsynth::Error. kUnsupported when QEMU is not installed, a VM
+// cannot be captured, or a directory's images cannot be run because its
+// vm.json is absent or is not a machine description (load_machine() in
+// vm/machine_spec.h); kUsage for "no VM directory at", "not a VM directory",
+// "not running"; kExists for "already running" or an existing output without
+// force; kIo for QEMU/QMP failures (the message names the QMP command or
+// QEMU's own error) and for a started guest that writes nothing to its serial
+// console within StartOptions::boot_timeout.
 //
 // Ownership: the functions own the QEMU processes only while they start
 // them; once a function returns successfully the VM runs detached (daemonized)
@@ -49,6 +53,9 @@ struct CreateOptions {
   std::string kernel, initrd, append;  // optional direct kernel boot
   std::string accel = "auto";   // "auto" (probe KVM, fall back to TCG), "kvm", "tcg"
   bool force = false;           // overwrite an existing VM directory
+  // How long the --accel auto probe waits for the kernel to reach the root
+  // file system mount under KVM (see probe_kvm()).
+  std::chrono::milliseconds kvm_probe_timeout{10000};
 };
 
 struct CreateResult {
@@ -64,15 +71,48 @@ struct CreateResult {
 
 CreateResult create_vm(const CreateOptions& opt);
 
+struct KvmProbeResult {
+  bool kvm_ok = false;          // the kernel got through its whole init under KVM
+  std::string reason;           // "KVM probe: ...", for vm.json and the user
+  double probe_ms = 0;
+};
+
+// Decides whether KVM can run `spec`'s kernel with its CPU model, CPU count
+// and RAM size: boots the kernel in the foreground with -accel kvm and
+// -no-reboot, plain RAM, run's disk with snapshot=on, no initrd, and
+// "earlyprintk=ttyS0 console=ttyS0 ignore_loglevel panic=-1
+// root=/dev/vmsynth-kvm-probe" appended, so a Linux kernel that works runs
+// its whole init and then panics at the root mount (or waits for the root
+// device with rootwait, or starts a built-in initramfs), and says so on the
+// serial port. Success is one of those lines in the serial log within
+// `timeout`, not merely output: a KVM that cannot run the guest may still
+// print the real-mode setup's "Probing EDD ... ok" and then hang.
+// The probe runs in run.run_dir/.kvm-probe (removed afterwards); QEMU is
+// killed when it returns. Does not check /dev/kvm (create_vm does).
+// REQUIRES: spec.kernel and run.kernel_path set.
+KvmProbeResult probe_kvm(const MachineSpec& spec, const RunLayout& run, std::chrono::milliseconds timeout);
+
+struct StartOptions {
+  // How long the guest may take to write its first byte to serial.log after
+  // QEMU is spawned; a guest that stays silent has not booted, and start_vm
+  // then stops QEMU and throws kIo. Zero: return once QMP answers, without
+  // waiting (guests that do not use ttyS0).
+  // Default 120 s: a TCG boot on a loaded machine may take tens of seconds
+  // before its first line (with `quiet`, often only user space prints).
+  std::chrono::milliseconds boot_timeout{120000};
+};
+
 struct StartResult {
   std::string run_dir;
   pid_t pid = -1;
   Accel accel = Accel::kTcg;
   double start_ms = 0;          // from spawning QEMU until QMP answers
+  double first_output_ms = -1;  // from spawning QEMU until serial.log grew; -1 when not waited for
 };
 
-// Cold boot of the VM in `dir` (daemonized). Returns once QMP answers.
-StartResult start_vm(const std::string& dir);
+// Cold boot of the VM in `dir` (daemonized). Returns once QMP answers and,
+// unless opt.boot_timeout is zero, the guest has written to its serial console.
+StartResult start_vm(const std::string& dir, const StartOptions& opt = {});
 
 struct CaptureOptions {
   std::string out_dir;
@@ -133,6 +173,7 @@ struct StopResult {
 };
 
 // Quits the VM running in `dir`: QMP quit, then SIGTERM, then SIGKILL.
+// Throws kUsage when `dir` does not exist or no VM runs there.
 StopResult stop_vm(const std::string& dir,
                    std::chrono::milliseconds grace = std::chrono::milliseconds(5000));
 
@@ -142,6 +183,8 @@ struct VmStatus {
   std::string qmp_status;       // QMP query-status "status" when running
 };
 
+// Whether a VM runs in `dir`. Throws kUsage when `dir` does not exist or is
+// not a VM directory (no vm.json): "not running" would hide a wrong path.
 VmStatus query_vm(const std::string& dir);
 
 // Absolute, normalised form of `path` (the directory itself need not exist).

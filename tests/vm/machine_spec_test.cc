@@ -4,8 +4,11 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <filesystem>
+#include <fstream>
 
 #include "common/error.h"
+#include "testutil/temp_dir.h"
 
 namespace vmsynth::vm {
 namespace {
@@ -62,7 +65,91 @@ TEST(MachineSpec, NewerSchemaIsUnsupported) {
   }
   j.erase("machine");
   j["schema_version"] = 1;
-  EXPECT_THROW(spec_from_json(j), Error);
+  try {
+    spec_from_json(j);
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kCorrupt) << "a machine description without 'machine' is damaged";
+  }
+}
+
+// What load_machine() says about each kind of directory: the error code is
+// what `vm start/resume` exit with and what `synthesize --launch` keys on.
+class LoadMachine : public ::testing::Test {
+ protected:
+  void put(const std::string& name, const std::string& text) { std::ofstream(dir_ + "/" + name) << text; }
+  Error load_error() {
+    try {
+      load_machine(dir_, "launched");
+    } catch (const Error& e) {
+      return e;
+    }
+    ADD_FAILURE() << "load_machine accepted " << dir_;
+    return Error(ErrorCode::kIo, "");
+  }
+  testutil::TempDir t_{"vmsynth-load"};
+  std::string dir_ = t_.path();
+};
+
+TEST_F(LoadMachine, MachineDescriptionLoads) {
+  RunLayout run;
+  write_vm_json(dir_, to_json(sample(), run));
+  VmDescription d = load_machine(dir_, "launched");
+  EXPECT_EQ(d.spec.memory_mib, 128u);
+  EXPECT_EQ(d.json["schema_version"], kVmJsonSchemaVersion);
+}
+
+TEST_F(LoadMachine, GenPairVmJsonIsUnsupportedNotCorrupt) {
+  put("memory.img", "m");
+  put("vm.json", R"({"synthetic": true, "role": "launch", "machine": "pc-i440fx-7.2", "cpus": 2})");
+  Error e = load_error();
+  EXPECT_EQ(e.code(), ErrorCode::kUnsupported) << e.what();
+  EXPECT_EQ(std::string(e.what()),
+            "VM directory '" + dir_ +
+                "' cannot be launched: its vm.json is not a machine description (no 'schema_version'; it "
+                "describes a synthetic VM made by `vmsynth gen-pair`, and gen-pair makes synthetic VMs "
+                "that do not boot)");
+  put("vm.json", R"({"note": "hand-written"})");
+  e = load_error();
+  EXPECT_EQ(e.code(), ErrorCode::kUnsupported) << e.what();
+  EXPECT_NE(std::string(e.what()).find("written by `vmsynth vm create`"), std::string::npos) << e.what();
+}
+
+TEST_F(LoadMachine, ImagesWithoutVmJsonAreUnsupported) {
+  put("disk.qcow2", "q");
+  Error e = load_error();
+  EXPECT_EQ(e.code(), ErrorCode::kUnsupported) << e.what();
+  EXPECT_NE(std::string(e.what()).find("cannot be launched: it has no vm.json"), std::string::npos) << e.what();
+}
+
+TEST_F(LoadMachine, WrongPathsAreUsageErrors) {
+  Error e = load_error();  // empty directory
+  EXPECT_EQ(e.code(), ErrorCode::kUsage) << e.what();
+  EXPECT_NE(std::string(e.what()).find("is not a VM directory (no vm.json)"), std::string::npos) << e.what();
+  dir_ += "/missing";
+  e = load_error();
+  EXPECT_EQ(e.code(), ErrorCode::kUsage) << e.what();
+  EXPECT_NE(std::string(e.what()).find("no VM directory at '" + dir_ + "'"), std::string::npos) << e.what();
+}
+
+TEST_F(LoadMachine, DamagedMachineDescriptionsAreCorrupt) {
+  RunLayout run;
+  nlohmann::json j = to_json(sample(), run);
+  j["machine"].erase("cpu_model");
+  write_vm_json(dir_, j);
+  Error e = load_error();
+  EXPECT_EQ(e.code(), ErrorCode::kCorrupt) << e.what();
+  EXPECT_NE(std::string(e.what()).find("cannot be launched: vm.json lacks the field 'cpu_model'"), std::string::npos)
+      << e.what();
+  j = to_json(sample(), run);
+  j["schema_version"] = "one";
+  write_vm_json(dir_, j);
+  EXPECT_EQ(load_error().code(), ErrorCode::kCorrupt);
+  j["schema_version"] = kVmJsonSchemaVersion + 1;
+  write_vm_json(dir_, j);
+  EXPECT_EQ(load_error().code(), ErrorCode::kUnsupported);
+  put("vm.json", "{\"schema_version\": 1, ");
+  EXPECT_EQ(load_error().code(), ErrorCode::kCorrupt);
 }
 
 TEST(MachineSpec, ArgvPinsTheMachineAndMapsRam) {
@@ -91,6 +178,23 @@ TEST(MachineSpec, ArgvPinsTheMachineAndMapsRam) {
   run.memory_shared = false;
   auto c = qemu_argv(sample(), run, {});
   EXPECT_TRUE(has_arg(c, "-object", "memory-backend-file,id=ram0,size=128M,mem-path=/d/memory.img,share=off"));
+  EXPECT_EQ(std::count(c.begin(), c.end(), "-no-reboot"), 0);
+}
+
+TEST(MachineSpec, ProbeArgvDoesNotRebootAndExtendsTheCommandLine) {
+  RunLayout run;
+  run.run_dir = "/d";
+  run.kernel_path = "/d/kernel";
+  QemuArgvOptions o;
+  o.daemonize = false;
+  o.ram_in_file = false;
+  o.no_reboot = true;
+  o.extra_append = "panic=-1";
+  auto a = qemu_argv(sample(), run, o);
+  EXPECT_EQ(std::count(a.begin(), a.end(), "-no-reboot"), 1);
+  EXPECT_TRUE(has_arg(a, "-append", "console=ttyS0 quiet panic=-1"));
+  EXPECT_TRUE(has_arg(a, "-machine", "pc-i440fx-7.2"));
+  EXPECT_EQ(std::count(a.begin(), a.end(), "-daemonize"), 0);
 }
 
 }  // namespace

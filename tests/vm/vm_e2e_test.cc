@@ -13,14 +13,15 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include <charconv>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <optional>
-#include <regex>
 #include <sstream>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -73,12 +74,20 @@ std::vector<std::string> serial_lines(const std::string& path) {
   return lines;
 }
 
+// The n of every line that is exactly "COUNTER n". Parsed by hand: std::regex
+// drags in libstdc++'s regex compiler, whose inlined _State move constructor
+// GCC 12 flags with -Wmaybe-uninitialized under -fsanitize=address (GCC bug
+// 105616, a false positive in the library), 14 warnings in the ASan build.
 std::vector<int> counters(const std::string& serial) {
   std::vector<int> v;
-  static const std::regex re("^COUNTER ([0-9]+)$");
+  constexpr std::string_view kPrefix = "COUNTER ";
   for (const auto& l : serial_lines(serial)) {
-    std::smatch m;
-    if (std::regex_match(l, m, re)) v.push_back(std::stoi(m[1]));
+    std::string_view s = l;
+    if (!s.starts_with(kPrefix)) continue;
+    s.remove_prefix(kPrefix.size());
+    int n = 0;
+    auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), n);
+    if (ec == std::errc() && end == s.data() + s.size() && !s.empty() && s.front() != '-') v.push_back(n);
   }
   return v;
 }
@@ -306,9 +315,10 @@ TEST(VmCli, ClearErrors) {
   ASSERT_FALSE(j.is_discarded()) << r.out;
   EXPECT_EQ(j["ok"], false);
   EXPECT_EQ(j["error"]["code"], "usage");
+  // status too: "not running" would hide a wrong path (vm_cli_test.cc has more).
   ProcessResult s = vmsynth({"vm", "status", t.path(), "--json"});
-  EXPECT_EQ(s.exit_code, 0);
-  EXPECT_NE(s.out.find("\"running\": false"), std::string::npos) << s.out;
+  EXPECT_EQ(s.exit_code, 2) << s.out;
+  EXPECT_NE(s.out.find("not a VM directory"), std::string::npos) << s.out;
 }
 
 }  // namespace
