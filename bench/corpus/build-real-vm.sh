@@ -393,7 +393,7 @@ t_create=$(since "$t")
 
 t=$(now)
 step "boot ($accelerator) until BASE-READY ..."
-"$vmsynth" vm start "$work/boot-vm" > /dev/null
+"$vmsynth" vm start "$work/boot-vm" --boot-timeout 600 > /dev/null
 wait_line "$work/boot-vm" BASE-READY 600
 t_boot=$(since "$t")
 

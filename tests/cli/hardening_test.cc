@@ -240,6 +240,31 @@ TEST_F(Hardening, SynthesizeMemoryBudgetHasItsOwnName) {
   EXPECT_EQ(r.status, 0) << r.err;
 }
 
+// ---- --launch of a VM that cannot be launched ---------------------------------
+
+// gen-pair VMs are synthetic data without a machine description: synthesize
+// --launch keeps the synthesis (exit 0), says why nothing was launched, and
+// does not call the overlay corrupt.
+TEST_F(Hardening, LaunchOfAVmWithoutAMachineDescriptionKeepsTheSynthesis) {
+  ASSERT_EQ(vmsynth({"gen-pair", "--out", dir_ / "pair", "--memory-mib", "4", "--disk-mib", "4"}).status, 0);
+  ASSERT_EQ(vmsynth({"overlay", "create", "--base", dir_ / "pair/base", "--launch", dir_ / "pair/launch", "-o",
+                     dir_ / "pair.vmo"})
+                .status,
+            0);
+  auto r = vmsynth({"synthesize", "--base", dir_ / "pair/base", "--overlay", dir_ / "pair.vmo", "--out",
+                    dir_ / "vm", "--launch", "--json"});
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.err.find("did not launch it"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("not a machine description"), std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find("corrupt"), std::string::npos) << r.err;
+  auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["ok"], true);
+  EXPECT_EQ(j["launch"]["ok"], false);
+  EXPECT_EQ(j["launch"]["error"]["code"], "unsupported");
+  EXPECT_EQ(read_file(dir_ / "vm/memory.img"), read_file(dir_ / "pair/launch/memory.img"));
+  EXPECT_EQ(read_file(dir_ / "vm/disk.img"), read_file(dir_ / "pair/launch/disk.img"));
+}
+
 // ---- the cache directory ----------------------------------------------------
 
 TEST_F(Hardening, CacheInfoShowsWhatSynthesisCachedAndClearRemovesIt) {
