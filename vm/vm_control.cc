@@ -19,6 +19,7 @@
 #include "engine/vm_dir.h"
 #include "io/file.h"
 #include "io/image_clone.h"
+#include "io/path_alias.h"
 #include "vm/qmp_client.h"
 #include "vm/subprocess.h"
 
@@ -415,6 +416,10 @@ CreateResult create_vm(const CreateOptions& opt) {
     if (!f->empty() && !io::path_exists(*f)) throw Error(ErrorCode::kUsage, "no such file: '" + *f + "'");
   }
   const std::string dir = absolute_path(opt.out_dir);
+  std::vector<io::NamedInput> inputs = {{"--disk image", opt.disk_image}};
+  if (!opt.kernel.empty()) inputs.push_back({"--kernel", opt.kernel});
+  if (!opt.initrd.empty()) inputs.push_back({"--initrd", opt.initrd});
+  io::refuse_output_over_input("--out", dir, inputs);
   if (io::path_exists(file_in(dir, kVmJsonName)) && !opt.force) {
     throw Error(ErrorCode::kExists, "'" + dir + "' already holds a VM (vm.json); use --force to replace it");
   }
@@ -568,7 +573,10 @@ CaptureResult capture_vm(const std::string& dir_in, const CaptureOptions& opt) {
   }
   if (opt.out_dir.empty()) throw Error(ErrorCode::kUsage, "capture needs --out DIR");
   const std::string out = absolute_path(opt.out_dir);
-  if (out == dir) throw Error(ErrorCode::kUsage, "--out must differ from the directory the VM runs in");
+  io::refuse_output_over_input("--out", out,
+                               {{"directory of the VM being captured", dir},
+                                {"running VM's memory image", run.path(run.memory_file)},
+                                {"running VM's disk image", run.path(run.disk_file)}});
   if (io::path_exists(file_in(out, kVmJsonName)) && !opt.force) {
     throw Error(ErrorCode::kExists, "'" + out + "' already holds a VM (vm.json); use --force to replace it");
   }

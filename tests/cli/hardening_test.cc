@@ -156,6 +156,20 @@ TEST_F(Hardening, OverlayCreateOutputOverAnInputIsRefusedEvenWithForce) {
   }
 }
 
+TEST_F(Hardening, VmCreateOutThatHoldsItsDiskImageIsRefused) {
+  write_file(dir_ / "vmd/disk.img", random_bytes(64 * kBlock, 9));
+  const Bytes disk = read_file(dir_ / "vmd/disk.img");
+  for (const char* force : {"", "--force"}) {
+    std::vector<std::string> args = {"vm", "create", "--out", dir_ / "vmd", "--disk", dir_ / "vmd/disk.img",
+                                     "--memory-mib", "16"};
+    if (*force) args.push_back(force);
+    auto r = vmsynth(args);
+    EXPECT_EQ(r.status, 2) << r.err;
+    EXPECT_NE(r.err.find("contains the --disk image"), std::string::npos) << r.err;
+    EXPECT_EQ(read_file(dir_ / "vmd/disk.img"), disk);
+  }
+}
+
 // ---- thread counts ---------------------------------------------------------
 
 TEST_F(Hardening, ThreadCountsOutOfRangeAreUsageErrorsThatLeaveNothing) {
