@@ -20,15 +20,7 @@ using namespace vmfiles;
 class VerifyCommand : public ::testing::Test {
  protected:
   void SetUp() override {
-    VmImages base{text_bytes(64 * kBlock, 1), random_bytes(96 * kBlock, 2), random_bytes(5000, 3), std::nullopt};
-    for (uint64_t b = 0; b < 64; b += 2) put_block(base.memory, b, random_bytes(kBlock, 100 + b));
-    VmImages launch = base;
-    for (uint64_t b = 0; b < 20; ++b) put_block(launch.memory, b, text_bytes(kBlock, 200 + b));  // literals
-    put_block(launch.disk, 3, Bytes(kBlock));                                                // zero
-    put_block(launch.disk, 4, get_block(base.memory, 7));                                     // base copy
-    launch.disk[50 * kBlock + 9] ^= std::byte{1};                                             // delta
-    write_vm(dir_ / "base", base);
-    write_vm(dir_ / "launch", launch);
+    write_sample_pair(dir_.path());
     // A key file as `head -c 32 /dev/urandom | xxd -p -c 64` would make it.
     const char* digits = "0123456789abcdef";
     std::string hex;

@@ -90,6 +90,21 @@ inline void write_vm(const std::string& dir, const VmImages& vm) {
   if (vm.vmjson) write_file(dir + "/vm.json", *vm.vmjson);
 }
 
+// Writes the command-line tests' sample pair to dir/base and dir/launch: a
+// 64-block memory and a 96-block disk whose launch has 20 LITERAL memory
+// blocks, a ZERO, a BASE_COPY and a DELTA disk block, and a devstate.bin.
+inline void write_sample_pair(const std::string& dir) {
+  VmImages base{text_bytes(64 * kBlock, 1), random_bytes(96 * kBlock, 2), random_bytes(5000, 3), std::nullopt};
+  for (uint64_t b = 0; b < 64; b += 2) put_block(base.memory, b, random_bytes(kBlock, 100 + b));
+  VmImages launch = base;
+  for (uint64_t b = 0; b < 20; ++b) put_block(launch.memory, b, text_bytes(kBlock, 200 + b));  // literals
+  put_block(launch.disk, 3, Bytes(kBlock));                                                // zero
+  put_block(launch.disk, 4, get_block(base.memory, 7));                                     // base copy
+  launch.disk[50 * kBlock + 9] ^= std::byte{1};                                             // delta
+  write_vm(dir + "/base", base);
+  write_vm(dir + "/launch", launch);
+}
+
 // Runs the vmsynth binary with `args`; returns its exit status and captured
 // stdout/stderr. `stdin_file` (optional) is redirected to standard input.
 struct RunResult {
