@@ -72,6 +72,7 @@ void run_gen_pair(const GenPairOptions& o) {
   const PairSpec spec = PairSpec::profile(o.profile, o.memory_mib * kMiB, o.disk_mib * kMiB, o.seed);
 
   const auto start = std::chrono::steady_clock::now();
+  note_output(o.out);
   install_interrupt_handlers();
   io::StagedDirectory staged(o.out, o.force);
   PairStats stats;

@@ -5,12 +5,14 @@
 #include <atomic>
 
 #include "engine/cancel.h"
+#include "io/staged_dir.h"
 
 namespace vmsynth::cli {
 
 namespace {
 
 std::atomic<int> g_signal{0};
+std::string g_output;  // set once by the command, before any worker thread exists
 static_assert(std::atomic<int>::is_always_lock_free);
 
 void on_signal(int sig) {  // async-signal-safe: two lock-free atomic stores
@@ -30,5 +32,15 @@ void install_interrupt_handlers() {
 }
 
 int interrupting_signal() { return g_signal.load(std::memory_order_relaxed); }
+
+void note_output(const std::string& final_path) { g_output = final_path; }
+
+void remove_own_staging() noexcept {
+  if (g_output.empty()) return;
+  try {
+    io::StagedDirectory::remove_own(g_output);
+  } catch (...) {
+  }
+}
 
 }  // namespace vmsynth::cli

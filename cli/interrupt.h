@@ -10,11 +10,19 @@
 // do not poll the cancel flag do not call this, so a signal stops them at once.
 #pragma once
 
+#include <string>
+
 namespace vmsynth::cli {
 
 void install_interrupt_handlers();
 
 // The last signal that asked to stop (0 if none); for the exit message.
 int interrupting_signal();
+
+// Names the output the running command stages (a directory or a file), so
+// that a process ending in std::terminate (an exception in a worker thread,
+// where nothing unwinds) removes its own staging first: remove_own_staging().
+void note_output(const std::string& final_path);
+void remove_own_staging() noexcept;
 
 }  // namespace vmsynth::cli

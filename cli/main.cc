@@ -1,5 +1,8 @@
 // vmsynth command-line entry point: dispatches to the subcommands and maps
 // vmsynth::Error to a message and an exit status.
+#include <unistd.h>
+
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -26,10 +29,14 @@ bool wants_json(int argc, char** argv) {
 constexpr int kInternalError = 70;
 
 // An exception that escapes a thread, or a noexcept function, ends in
-// std::terminate; say so plainly instead of abort()'s core dump and 134.
-// Staging left behind by this process is removed by the next run for the same
-// output (its pid is then gone).
+// std::terminate; say so plainly instead of abort()'s core dump and 134, and
+// remove what the command staged (no destructor will).
 [[noreturn]] void on_terminate() {
+  // Several worker threads may fail at once: the first one speaks and exits.
+  static std::atomic<bool> once{false};
+  if (once.exchange(true)) {
+    for (;;) ::pause();
+  }
   const char* what = "unknown exception";
   std::string text;
   if (std::exception_ptr e = std::current_exception()) {
@@ -44,6 +51,7 @@ constexpr int kInternalError = 70;
     what = "std::terminate without an exception";
   }
   std::fprintf(stderr, "vmsynth: internal error: %s\n", what);
+  vmsynth::cli::remove_own_staging();
   std::_Exit(kInternalError);
 }
 

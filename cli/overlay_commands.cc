@@ -93,6 +93,7 @@ void add_create(CLI::App& overlay) {
     o.level = parse_level(args->level);
     o.threads = args->threads;
     o.force = args->force;
+    note_output(args->out);
     install_interrupt_handlers();
     TerminalProgress progress("creating overlay", args->quiet);
     o.progress = progress.callback();

@@ -121,6 +121,7 @@ void add_synthesize_command(CLI::App& app) {
       o.source_size = static_cast<uint64_t>(st.st_size);
     }
     if (args->overlay != "-" && args->overlay.find("://") == std::string::npos) o.overlay_path = args->overlay;
+    note_output(args->out);
     install_interrupt_handlers();  // before opening: a tcp-listen:// source waits for its sender here
     FirstByteClock src(io::open_source(args->overlay, {cancel_wake_fd(), cancel_requested}));
     TerminalProgress progress("synthesizing", args->quiet);

@@ -194,7 +194,11 @@ pid_t staging_pid(const std::string& name, const std::string& prefix) {
 
 }  // namespace
 
-unsigned StagedDirectory::remove_stale(const std::string& final_path) {
+namespace {
+
+// Removes the staging entries beside final_path whose pid `remove(pid)` selects.
+template <class Select>
+unsigned remove_staging(const std::string& final_path, Select remove) {
   SplitPath p;
   try {
     p = split_path(final_path);
@@ -204,29 +208,41 @@ unsigned StagedDirectory::remove_stale(const std::string& final_path) {
   std::unique_ptr<DIR, int (*)(DIR*)> dir(::opendir(p.parent.c_str()), ::closedir);
   if (!dir) return 0;
   const std::string prefixes[] = {"." + p.base + ".partial-", "." + p.base + ".old-"};
-  std::vector<std::string> stale;
+  std::vector<std::string> found;
   while (dirent* e = ::readdir(dir.get())) {
     const std::string name = e->d_name;
     for (const std::string& prefix : prefixes) {
       const pid_t pid = staging_pid(name, prefix);
-      if (pid <= 0 || pid == ::getpid()) continue;
-      if (::kill(pid, 0) == 0 || errno != ESRCH) continue;  // alive, or not ours to judge
+      if (pid <= 0 || !remove(pid)) continue;
       const std::string full = join(p.parent, name);
       struct stat st;
       if (::lstat(full.c_str(), &st) != 0 || st.st_uid != ::geteuid()) continue;
       if (!S_ISDIR(st.st_mode) && !S_ISREG(st.st_mode)) continue;
-      stale.push_back(full);
+      found.push_back(full);
     }
   }
   unsigned removed = 0;
-  for (const std::string& path : stale) {
+  for (const std::string& path : found) {
     try {
-      remove_tree(path);
+      StagedDirectory::remove_tree(path);
       ++removed;
     } catch (const Error&) {
     }
   }
   return removed;
+}
+
+}  // namespace
+
+unsigned StagedDirectory::remove_stale(const std::string& final_path) {
+  const pid_t self = ::getpid();
+  // Not this process, and gone: alive (even reused by another process) or not ours to judge stays.
+  return remove_staging(final_path, [self](pid_t pid) { return pid != self && ::kill(pid, 0) != 0 && errno == ESRCH; });
+}
+
+unsigned StagedDirectory::remove_own(const std::string& final_path) {
+  const pid_t self = ::getpid();
+  return remove_staging(final_path, [self](pid_t pid) { return pid == self; });
 }
 
 StagedDirectory::StagedDirectory(std::string final_path, bool force)

@@ -66,6 +66,11 @@ class StagedDirectory {
   // Best effort: errors are ignored. Returns how many entries were removed.
   static unsigned remove_stale(const std::string& final_path);
 
+  // Removes this process's own staging entries beside final_path. For a
+  // process that is about to die without unwinding (std::terminate), where no
+  // destructor will run. Best effort, like remove_stale.
+  static unsigned remove_own(const std::string& final_path);
+
  private:
   std::string final_path_;
   std::string staging_path_;  // empty once moved from

@@ -206,6 +206,26 @@ TEST_F(Hardening, TheLargestThreadCountRunsWithoutWarnings) {
   EXPECT_EQ(nlohmann::json::parse(r.out)["threads"], 256);
 }
 
+// A thread that cannot be created (here: too little address space for the
+// stacks) fails inside oneTBB's own threads, where nothing can catch it; the
+// process still ends with a message and exit 70, and removes its staging.
+TEST_F(Hardening, FailingThreadCreationIsAnInternalErrorThatLeavesNothing) {
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  GTEST_SKIP() << "a sanitizer's shadow memory does not fit in a limited address space";
+#else
+  auto r = testutil::run_command("ulimit -v 400000; exec " + shell_quote(VMSYNTH_BIN) + " synthesize --base " +
+                                 shell_quote(dir_ / "base") + " --overlay " + shell_quote(dir_ / "app.vmo") +
+                                 " --out " + shell_quote(dir_ / "out") + " --threads 256");
+  if (r.exit_code == 0) GTEST_SKIP() << "256 threads fit in 400 MB of address space here";
+  EXPECT_EQ(r.exit_code, 70) << r.output;
+  EXPECT_NE(r.output.find("vmsynth: internal error:"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("terminate called"), std::string::npos) << r.output;
+  EXPECT_FALSE(exists(dir_ / "out"));
+  EXPECT_TRUE(staging_in(dir_.path()).empty());
+  expect_inputs_untouched();
+#endif
+}
+
 // ---- consistent reports, bad base directories ------------------------------
 
 TEST_F(Hardening, SynthesizeCountsTheFramesInfoCounts) {
