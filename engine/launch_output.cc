@@ -48,13 +48,9 @@ Hash128 check_base(const VmDir& base, const format::FileHeader& h, bool use_cach
 }
 
 
-std::string_view disk_format_name(DiskFormat f) { return f == DiskFormat::kQcow2 ? "qcow2" : "raw"; }
+std::string_view disk_format_name(DiskFormat f) { return name_of(f); }
 
-DiskFormat parse_disk_format(std::string_view name) {
-  if (name == "raw") return DiskFormat::kRaw;
-  if (name == "qcow2") return DiskFormat::kQcow2;
-  throw Error(ErrorCode::kUsage, "unknown disk format '" + std::string(name) + "'; use raw or qcow2");
-}
+DiskFormat parse_disk_format(std::string_view name) { return parse_enum<DiskFormat>(name, "disk format"); }
 
 LaunchOutput::LaunchOutput(const VmDir& base, const format::FileHeader& h, const std::string& out_dir, bool force,
                            DiskFormat disk_format)

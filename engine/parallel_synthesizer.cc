@@ -625,22 +625,9 @@ class ParallelSynthesis {
 
 }  // namespace
 
-std::string_view write_backend_name(WriteBackend b) {
-  switch (b) {
-    case WriteBackend::kIoUring:
-      return "io_uring";
-    case WriteBackend::kPwrite:
-      return "pwrite";
-  }
-  return "unknown";
-}
+std::string_view write_backend_name(WriteBackend b) { return name_of(b); }
 
-WriteBackend parse_write_backend(std::string_view name) {
-  for (WriteBackend b : {WriteBackend::kIoUring, WriteBackend::kPwrite}) {
-    if (name == write_backend_name(b)) return b;
-  }
-  throw Error(ErrorCode::kUsage, "unknown write backend '" + std::string(name) + "'; use io_uring or pwrite");
-}
+WriteBackend parse_write_backend(std::string_view name) { return parse_enum<WriteBackend>(name, "write backend"); }
 
 SynthesizeStats synthesize_parallel(io::ByteSource& src, const SynthesizeOptions& opts) {
   const Stopwatch total;
