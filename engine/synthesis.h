@@ -79,7 +79,7 @@ struct SynthesizeOptions {
 
 struct SynthesizeStats {
   Hash128 base_id;
-  std::array<uint64_t, format::kImageCount> launch_size{};
+  std::array<uint64_t, kImageCount> launch_size{};
   std::array<uint64_t, format::kOpKindCount> kind_count{};
   uint64_t frames = 0;
   uint64_t overlay_bytes = 0;
