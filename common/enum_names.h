@@ -21,6 +21,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "common/error.h"
 
@@ -49,6 +50,14 @@ constexpr std::optional<E> find_enum(std::string_view text) {
     if (e.name == text) return e.value;
   }
   return std::nullopt;
+}
+
+// The valid names in table order, e.g. for a command-line parser's choice check.
+template <typename E>
+std::vector<std::string> enum_name_list() {
+  std::vector<std::string> names;
+  for (const EnumName<E>& e : enum_names(E{})) names.emplace_back(e.name);
+  return names;
 }
 
 // The valid names in table order, as a sentence: "a", "a or b", "a, b or c".
