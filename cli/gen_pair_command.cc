@@ -1,5 +1,5 @@
 // `vmsynth gen-pair`: writes a deterministic synthetic base/launch VM pair
-// (engine/synthetic_pair.h, docs/gen-pair.md) for tests and benchmarks.
+// (tools/gen_pair/synthetic_pair.h, docs/gen-pair.md) for tests and benchmarks.
 #include <chrono>
 #include <cstdio>
 #include <memory>
@@ -10,7 +10,7 @@
 #include "cli/interrupt.h"
 #include "cli/progress.h"
 #include "common/error.h"
-#include "engine/synthetic_pair.h"
+#include "tools/gen_pair/synthetic_pair.h"
 #include "io/staged_dir.h"
 
 namespace vmsynth::cli {

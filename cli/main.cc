@@ -14,6 +14,7 @@
 #include "cli/commands.h"
 #include "cli/interrupt.h"
 #include "common/error.h"
+#include "common/version.h"
 
 namespace {
 
@@ -83,7 +84,7 @@ int main(int argc, char** argv) {
       "Creates small VM overlays (launch VM minus base VM) and synthesizes launch VMs from them.",
       "vmsynth"};
   app.require_subcommand(1);
-  app.set_version_flag("--version", "vmsynth 0.1.0");
+  app.set_version_flag("--version", "vmsynth " VMSYNTH_VERSION_STRING);
   vmsynth::cli::add_gen_pair_command(app);
   vmsynth::cli::add_overlay_commands(app);
   vmsynth::cli::add_synthesize_command(app);

@@ -13,6 +13,7 @@
 #include "cli/interrupt.h"
 #include "cli/key_options.h"
 #include "cli/progress.h"
+#include "common/enum_names.h"
 #include "common/error.h"
 #include "engine/cancel.h"
 #include "engine/synthesis.h"
@@ -72,16 +73,16 @@ void add_synthesize_command(CLI::App& app) {
       ->check(CLI::Range(0u, kMaxThreads));
   c->add_option("--clone", args->clone,
                 "How output images start from the base: auto (default), reflink, copy-range, read-write")
-      ->check(CLI::IsMember({"auto", "reflink", "copy-range", "read-write"}));
+      ->check(CLI::IsMember(enum_name_list<io::CloneMethod>()));
   c->add_option("--disk-format", args->disk_format,
                 "Launch disk: raw (default; disk.img, a full copy of the base disk plus the changed blocks) or "
                 "qcow2 (disk.qcow2: only the changed blocks, backed by the base's disk.img, which is not copied; "
                 "the base disk must then stay in place and unchanged while the launch VM exists)")
-      ->check(CLI::IsMember({"raw", "qcow2"}));
+      ->check(CLI::IsMember(enum_name_list<DiskFormat>()));
   CLI::Option* backend = c->add_option("--write-backend", args->write_backend,
                 "Parallel engine writes: io_uring (default; falls back to pwrite with a notice where the kernel "
                 "refuses it) or pwrite (also: environment VMSYNTH_NO_IO_URING=1)")
-      ->check(CLI::IsMember({"io_uring", "pwrite"}));
+      ->check(CLI::IsMember(enum_name_list<WriteBackend>()));
   c->add_flag("--no-io-uring", args->no_uring, "Same as --write-backend pwrite")->excludes(backend);
   c->add_option("--queue-depth", args->queue_depth, "io_uring queue depth, 1-4096 (default 64)")
       ->check(CLI::Range(1u, 4096u));

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "codec/block_hash.h"
+#include "common/image_kind.h"
 
 namespace vmsynth::format {
 
@@ -36,10 +37,7 @@ inline constexpr uint32_t kBlockSize = 4096;  // bytes per block, memory and dis
 inline constexpr uint32_t kFlagEncrypted = 1u << 0;  // every frame is AES-256-GCM sealed (codec/crypto.h)
 inline constexpr uint32_t kKnownFileFlags = kFlagEncrypted;
 
-// Images, numbered as in block addresses.
-inline constexpr unsigned kImageMemory = 0;
-inline constexpr unsigned kImageDisk = 1;
-inline constexpr unsigned kImageCount = 2;
+// Images are numbered as ImageKind (common/image_kind.h): memory 0, disk 1.
 
 // Cipher and key-derivation identifiers of an encrypted overlay (both 0 when
 // it is not encrypted). See docs/overlay-format.md, "Encryption".
@@ -111,7 +109,7 @@ inline constexpr unsigned kOpKindCount = 5;
 std::string_view op_kind_name(OpKind k);
 
 struct BlockAddress {
-  uint8_t image = 0;   // kImageMemory or kImageDisk
+  uint8_t image = 0;   // image_index(ImageKind): 0 memory, 1 disk
   uint64_t block = 0;  // block index within the image
   friend bool operator==(const BlockAddress&, const BlockAddress&) = default;
 };

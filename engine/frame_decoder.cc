@@ -101,7 +101,7 @@ DecodedFile decode_file_frame(codec::FrameCodec& codec, const format::FrameHeade
 
 void throw_hash_mismatch(const format::BlockOp& op) {
   throw_corrupt(std::string(format::op_kind_name(op.kind)) + " op for " +
-                (op.target.image == format::kImageMemory ? "memory" : "disk") + " block " +
+                (op.target.image == image_index(ImageKind::kMemory) ? "memory" : "disk") + " block " +
                 std::to_string(op.target.block) + " reconstructs content that does not match its recorded hash");
 }
 

@@ -47,7 +47,7 @@ class BaseBlockReader {
   void read(format::BlockAddress a, std::span<std::byte> out) const;
 
  private:
-  std::array<io::File, format::kImageCount> images_;
+  std::array<io::File, kImageCount> images_;
 };
 
 class BlockFrameDecoder {

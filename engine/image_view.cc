@@ -7,7 +7,7 @@
 namespace vmsynth {
 
 ImageView::ImageView(const VmDir& dir) {
-  for (unsigned i = 0; i < format::kImageCount; ++i) {
+  for (unsigned i = 0; i < kImageCount; ++i) {
     files_[i] = io::File::open_read(dir.image(static_cast<ImageKind>(i)));
     maps_[i] = io::Mapping(files_[i]);
   }

@@ -31,8 +31,8 @@ class ImageView {
                                    std::span<std::byte, format::kBlockSize> scratch) const;
 
  private:
-  std::array<io::File, format::kImageCount> files_;
-  std::array<io::Mapping, format::kImageCount> maps_;
+  std::array<io::File, kImageCount> files_;
+  std::array<io::Mapping, kImageCount> maps_;
 };
 
 }  // namespace vmsynth

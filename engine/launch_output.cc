@@ -21,7 +21,7 @@ namespace vmsynth {
 using format::kBlockSize;
 
 Hash128 check_base(const VmDir& base, const format::FileHeader& h, bool use_cache) {
-  for (unsigned i = 0; i < format::kImageCount; ++i) {
+  for (unsigned i = 0; i < kImageCount; ++i) {
     std::string p = base.image(static_cast<ImageKind>(i));
     if (!io::path_exists(p)) {
       throw Error(ErrorCode::kUsage, "base VM directory '" + base.path + "' has no " +
@@ -48,13 +48,9 @@ Hash128 check_base(const VmDir& base, const format::FileHeader& h, bool use_cach
 }
 
 
-std::string_view disk_format_name(DiskFormat f) { return f == DiskFormat::kQcow2 ? "qcow2" : "raw"; }
+std::string_view disk_format_name(DiskFormat f) { return name_of(f); }
 
-DiskFormat parse_disk_format(std::string_view name) {
-  if (name == "raw") return DiskFormat::kRaw;
-  if (name == "qcow2") return DiskFormat::kQcow2;
-  throw Error(ErrorCode::kUsage, "unknown disk format '" + std::string(name) + "'; use raw or qcow2");
-}
+DiskFormat parse_disk_format(std::string_view name) { return parse_enum<DiskFormat>(name, "disk format"); }
 
 LaunchOutput::LaunchOutput(const VmDir& base, const format::FileHeader& h, const std::string& out_dir, bool force,
                            DiskFormat disk_format)
@@ -70,12 +66,12 @@ void LaunchOutput::create_qcow2_disk() {
   std::free(real);
   base_disk_ = io::File::open_read(backing);
   qcow2_ = std::make_unique<io::Qcow2Writer>(staged_.path() + "/" + std::string(kQcow2DiskName),
-                                             header_.launch_size[format::kImageDisk], backing);
+                                             header_.launch_size[image_index(ImageKind::kDisk)], backing);
 }
 
 std::string LaunchOutput::clone_images(io::CloneMethod method) {
   std::string used;
-  for (unsigned i = 0; i < format::kImageCount; ++i) {
+  for (unsigned i = 0; i < kImageCount; ++i) {
     auto kind = static_cast<ImageKind>(i);
     if (mapped(i)) {
       create_qcow2_disk();
@@ -90,9 +86,9 @@ std::string LaunchOutput::clone_images(io::CloneMethod method) {
 }
 
 std::string LaunchOutput::clone_images_beside_writer(io::CloneMethod method, const std::function<void()>& started) {
-  if (mapped(format::kImageDisk)) create_qcow2_disk();
+  if (mapped(image_index(ImageKind::kDisk))) create_qcow2_disk();
   std::vector<unsigned> raw;
-  for (unsigned i = 0; i < format::kImageCount; ++i) {
+  for (unsigned i = 0; i < kImageCount; ++i) {
     if (!mapped(i)) raw.push_back(i);
   }
   {
@@ -203,7 +199,7 @@ void LaunchOutput::apply_file_frame(codec::FrameCodec& codec, const format::Fram
 }
 
 void LaunchOutput::start_writeback() {
-  for (unsigned i = 0; i < format::kImageCount; ++i) {
+  for (unsigned i = 0; i < kImageCount; ++i) {
     const io::File& f = image(i);
     if (f.valid()) (void)::sync_file_range(f.fd(), 0, 0, SYNC_FILE_RANGE_WRITE);
   }

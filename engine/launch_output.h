@@ -58,11 +58,11 @@ class LaunchOutput {
   // Stops a clone_images_beside_writer at its next region, or before it
   // starts (the synthesis failed). Any thread.
   void cancel_clone();
-  io::File& image(unsigned i) { return i == format::kImageDisk && qcow2_ ? qcow2_->file() : images_[i]; }
+  io::File& image(unsigned i) { return i == image_index(ImageKind::kDisk) && qcow2_ ? qcow2_->file() : images_[i]; }
   uint64_t image_size(unsigned i) const { return header_.launch_size[i]; }
   DiskFormat disk_format() const { return disk_format_; }
   // True when writes to image i need place(): a qcow2 disk.
-  bool mapped(unsigned i) const { return i == format::kImageDisk && disk_format_ == DiskFormat::kQcow2; }
+  bool mapped(unsigned i) const { return i == image_index(ImageKind::kDisk) && disk_format_ == DiskFormat::kQcow2; }
 
   // Writes one reconstructed 4096-byte block; the tail block of an image is
   // cut at the image's end.
@@ -113,7 +113,7 @@ class LaunchOutput {
   format::FileHeader header_;
   DiskFormat disk_format_;
   io::StagedDirectory staged_;
-  std::array<io::File, format::kImageCount> images_;
+  std::array<io::File, kImageCount> images_;
   void create_qcow2_disk();
   // Calls fn(image_offset, run_offset, length) for the pieces of
   // [offset, offset + len) that lie in one qcow2 cluster each.
@@ -130,7 +130,7 @@ class LaunchOutput {
   std::unique_ptr<io::Qcow2Writer> qcow2_;
   std::mutex trackers_mu_;  // trackers_ are created on the clone thread, cancelled from another
   bool clone_cancelled_ = false;
-  std::array<std::unique_ptr<CloneTracker>, format::kImageCount> trackers_;
+  std::array<std::unique_ptr<CloneTracker>, kImageCount> trackers_;
   io::File base_disk_;  // qcow2: read for blocks the disk does not hold
 };
 

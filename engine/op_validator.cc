@@ -10,11 +10,11 @@ using format::BlockOp;
 using format::OpKind;
 
 namespace {
-const char* image_name(unsigned image) { return image == format::kImageMemory ? "memory" : "disk"; }
+const char* image_name(unsigned image) { return image == image_index(ImageKind::kMemory) ? "memory" : "disk"; }
 }  // namespace
 
 OpValidator::OpValidator(const format::FileHeader& h) {
-  for (unsigned i = 0; i < format::kImageCount; ++i) {
+  for (unsigned i = 0; i < kImageCount; ++i) {
     base_blocks_[i] = format::blocks_in(h.base_size[i]);
     launch_blocks_[i] = format::blocks_in(h.launch_size[i]);
   }

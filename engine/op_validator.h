@@ -43,9 +43,9 @@ class OpValidator {
 
   bool covered(format::BlockAddress a);
 
-  std::array<uint64_t, format::kImageCount> base_blocks_{};
-  std::array<uint64_t, format::kImageCount> launch_blocks_{};
-  std::array<Coverage, format::kImageCount> covered_;
+  std::array<uint64_t, kImageCount> base_blocks_{};
+  std::array<uint64_t, kImageCount> launch_blocks_{};
+  std::array<Coverage, kImageCount> covered_;
   std::array<bool, format::kFileIdCount> files_seen_{};
 };
 

@@ -49,8 +49,8 @@ struct Changed {
 using Block = std::array<std::byte, kBlockSize>;
 
 BlockIndex build_base_index(const ImageView& base) {
-  std::vector<std::vector<Hash128>> hashes(format::kImageCount);
-  for (unsigned img = 0; img < format::kImageCount; ++img) {
+  std::vector<std::vector<Hash128>> hashes(kImageCount);
+  for (unsigned img = 0; img < kImageCount; ++img) {
     uint64_t n = base.blocks(img);
     hashes[img].resize(n);
     tbb::parallel_for(tbb::blocked_range<uint64_t>(0, n, 1024), [&](const tbb::blocked_range<uint64_t>& r) {
@@ -64,7 +64,7 @@ BlockIndex build_base_index(const ImageView& base) {
   size_t total = hashes[0].size() + hashes[1].size();
   BlockIndex index(total);
   const Hash128 none{};
-  for (unsigned img = 0; img < format::kImageCount; ++img) {
+  for (unsigned img = 0; img < kImageCount; ++img) {
     for (uint64_t b = 0; b < hashes[img].size(); ++b) {
       if (hashes[img][b] != none) index.insert(hashes[img][b], {static_cast<uint8_t>(img), b});
     }
@@ -82,7 +82,7 @@ std::vector<Changed> classify(const ImageView& base, const ImageView& launch, co
   };
   std::vector<Chunk> chunks;
   uint64_t total_blocks = 0;
-  for (unsigned img = 0; img < format::kImageCount; ++img) {
+  for (unsigned img = 0; img < kImageCount; ++img) {
     uint64_t n = launch.blocks(img);
     total_blocks += n;
     for (uint64_t b = 0; b < n; b += kClassifyChunkBlocks) chunks.push_back({img, b, std::min(n, b + kClassifyChunkBlocks)});
@@ -257,7 +257,7 @@ CreateStats create_overlay(const CreateOptions& opts) {
   ImageView base(base_dir), launch(launch_dir);
   format::FileHeader header;
   header.base_id = st.base_id;
-  for (unsigned i = 0; i < format::kImageCount; ++i) {
+  for (unsigned i = 0; i < kImageCount; ++i) {
     header.base_size[i] = base.size(i);
     header.launch_size[i] = st.launch_size[i] = launch.size(i);
   }

@@ -50,7 +50,7 @@ struct CreateOptions {
 
 struct CreateStats {
   Hash128 base_id;
-  std::array<uint64_t, format::kImageCount> launch_size{};
+  std::array<uint64_t, kImageCount> launch_size{};
   std::array<uint64_t, format::kOpKindCount> kind_count{};
   uint64_t frames = 0;
   uint64_t overlay_bytes = 0;

@@ -40,7 +40,7 @@ struct OverlayInfo {
   uint64_t frames = 0;         // all frames before the end frame
   uint64_t block_frames = 0;
   std::array<uint64_t, format::kOpKindCount> kind_count{};
-  std::array<std::array<uint64_t, format::kOpKindCount>, format::kImageCount> kind_count_by_image{};
+  std::array<std::array<uint64_t, format::kOpKindCount>, kImageCount> kind_count_by_image{};
   uint64_t table_stored_bytes = 0;
   uint64_t payload_raw_bytes = 0;     // DELTA + LITERAL blocks before compression
   uint64_t payload_stored_bytes = 0;  // after compression

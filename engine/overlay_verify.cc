@@ -69,9 +69,9 @@ class ReadBack {
  private:
   static uint64_t key(BlockAddress a) { return (uint64_t{a.image} << 63) | a.block; }
 
-  std::array<uint64_t, format::kImageCount> launch_size_;
+  std::array<uint64_t, kImageCount> launch_size_;
   std::unordered_map<uint64_t, Hash128> hashes_;
-  std::array<bool, format::kImageCount> copied_tail_{};
+  std::array<bool, kImageCount> copied_tail_{};
 };
 
 std::string count(uint64_t n, const char* one, const char* many) {

@@ -262,7 +262,7 @@ std::exception_ptr current_with(const std::string& where) {
 
 class ParallelSynthesis {
  public:
-  ParallelSynthesis(const SynthesizeOptions& opts, OverlayReader& reader, LaunchOutput& out, const std::array<io::File, format::kImageCount>& base,
+  ParallelSynthesis(const SynthesizeOptions& opts, OverlayReader& reader, LaunchOutput& out, const std::array<io::File, kImageCount>& base,
                     std::shared_future<void> clone_started, unsigned threads, unsigned slot_count, SynthesizeStats& st)
       : opts_(opts),
         reader_(reader),
@@ -513,7 +513,7 @@ class ParallelSynthesis {
     qo.force_pwrite = opts_.write_backend == WriteBackend::kPwrite;
     std::vector<int> fds;
     std::vector<std::string> names;
-    for (unsigned i = 0; i < format::kImageCount; ++i) {
+    for (unsigned i = 0; i < kImageCount; ++i) {
       fds.push_back(out_.image(i).fd());
       names.push_back(out_.image(i).path());
     }
@@ -596,7 +596,7 @@ class ParallelSynthesis {
   const SynthesizeOptions& opts_;
   OverlayReader& reader_;
   LaunchOutput& out_;
-  const std::array<io::File, format::kImageCount>& base_;
+  const std::array<io::File, kImageCount>& base_;
   std::shared_future<void> clone_started_;  // the output images exist; writes may begin
   const unsigned threads_;
 
@@ -625,22 +625,9 @@ class ParallelSynthesis {
 
 }  // namespace
 
-std::string_view write_backend_name(WriteBackend b) {
-  switch (b) {
-    case WriteBackend::kIoUring:
-      return "io_uring";
-    case WriteBackend::kPwrite:
-      return "pwrite";
-  }
-  return "unknown";
-}
+std::string_view write_backend_name(WriteBackend b) { return name_of(b); }
 
-WriteBackend parse_write_backend(std::string_view name) {
-  for (WriteBackend b : {WriteBackend::kIoUring, WriteBackend::kPwrite}) {
-    if (name == write_backend_name(b)) return b;
-  }
-  throw Error(ErrorCode::kUsage, "unknown write backend '" + std::string(name) + "'; use io_uring or pwrite");
-}
+WriteBackend parse_write_backend(std::string_view name) { return parse_enum<WriteBackend>(name, "write backend"); }
 
 SynthesizeStats synthesize_parallel(io::ByteSource& src, const SynthesizeOptions& opts) {
   const Stopwatch total;
@@ -670,7 +657,7 @@ SynthesizeStats synthesize_parallel(io::ByteSource& src, const SynthesizeOptions
 
   LaunchOutput out(base, h, opts.out_dir, opts.force, opts.disk_format);
   st.disk_format = disk_format_name(opts.disk_format);
-  std::array<io::File, format::kImageCount> base_images;
+  std::array<io::File, kImageCount> base_images;
   for (ImageKind k : kImageKinds) base_images[static_cast<unsigned>(k)] = io::File::open_read(base.image(k));
 
   // The clone runs beside the graph: frames are read, validated, decoded and
@@ -742,7 +729,7 @@ SynthesizeStats synthesize_parallel(io::ByteSource& src, const SynthesizeOptions
   report(opts.progress, "syncing");
   out.commit();
   st.seconds_sync = t.seconds();
-  for (unsigned i = 0; i < format::kImageCount; ++i) st.launch_size[i] = h.launch_size[i];
+  for (unsigned i = 0; i < kImageCount; ++i) st.launch_size[i] = h.launch_size[i];
   st.seconds_total = total.seconds();
   return st;
 }

@@ -88,7 +88,7 @@ SynthesizeStats synthesize_serial(io::ByteSource& src, const SynthesizeOptions& 
   report(opts.progress, "syncing");
   out.commit();
   st.seconds_sync = t.seconds();
-  for (unsigned i = 0; i < format::kImageCount; ++i) st.launch_size[i] = h.launch_size[i];
+  for (unsigned i = 0; i < kImageCount; ++i) st.launch_size[i] = h.launch_size[i];
   st.seconds_total = total.seconds();
   return st;
 }

@@ -15,12 +15,14 @@
 
 #include <array>
 #include <cstdint>
+#include <span>
 #include <string>
 #include <string_view>
 
 #include "codec/block_hash.h"
 #include "codec/crypto.h"
 #include "codec/overlay_format.h"
+#include "common/enum_names.h"
 #include "engine/progress.h"
 #include "io/byte_source.h"
 #include "io/image_clone.h"
@@ -35,10 +37,15 @@ enum class EngineKind { kSerial, kParallel };
 // as its backing file; nothing is copied, QEMU runs it directly, and the base
 // disk must then stay where it is, unchanged, for the launch VM's lifetime.
 enum class DiskFormat { kRaw, kQcow2 };
+inline constexpr EnumName<DiskFormat> kDiskFormatNames[] = {{DiskFormat::kRaw, "raw"}, {DiskFormat::kQcow2, "qcow2"}};
+constexpr std::span<const EnumName<DiskFormat>> enum_names(DiskFormat) { return kDiskFormatNames; }
 
 // How the parallel engine writes blocks: io_uring (falls back to pwrite where
 // the kernel refuses it) or pwrite. docs/performance.md compares them.
 enum class WriteBackend { kIoUring, kPwrite };
+inline constexpr EnumName<WriteBackend> kWriteBackendNames[] = {{WriteBackend::kIoUring, "io_uring"},
+                                                                {WriteBackend::kPwrite, "pwrite"}};
+constexpr std::span<const EnumName<WriteBackend>> enum_names(WriteBackend) { return kWriteBackendNames; }
 std::string_view write_backend_name(WriteBackend b);  // "io_uring", "pwrite"
 WriteBackend parse_write_backend(std::string_view name);  // throws kUsage
 
@@ -72,7 +79,7 @@ struct SynthesizeOptions {
 
 struct SynthesizeStats {
   Hash128 base_id;
-  std::array<uint64_t, format::kImageCount> launch_size{};
+  std::array<uint64_t, kImageCount> launch_size{};
   std::array<uint64_t, format::kOpKindCount> kind_count{};
   uint64_t frames = 0;
   uint64_t overlay_bytes = 0;

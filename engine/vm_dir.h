@@ -16,6 +16,7 @@
 #include <string_view>
 #include <vector>
 
+#include "common/image_kind.h"
 #include "io/path_alias.h"
 
 namespace vmsynth {
@@ -27,10 +28,6 @@ inline constexpr std::string_view kMemoryImageName = "memory.img";
 inline constexpr std::string_view kQcow2DiskName = "disk.qcow2";
 inline constexpr std::string_view kDevStateName = "devstate.bin";
 inline constexpr std::string_view kVmJsonName = "vm.json";
-
-// The two block images, in the order the overlay numbers them (image 0, 1).
-enum class ImageKind : unsigned { kMemory = 0, kDisk = 1 };
-inline constexpr std::array<ImageKind, 2> kImageKinds = {ImageKind::kMemory, ImageKind::kDisk};
 
 inline std::string_view image_file_name(ImageKind k) {
   return k == ImageKind::kMemory ? kMemoryImageName : kDiskImageName;

@@ -237,27 +237,8 @@ CloneResult clone_image(const std::string& src, const std::string& dst, uint64_t
   return result;
 }
 
-std::string_view clone_method_name(CloneMethod method) {
-  switch (method) {
-    case CloneMethod::kAuto:
-      return "auto";
-    case CloneMethod::kReflink:
-      return "reflink";
-    case CloneMethod::kCopyRange:
-      return "copy-range";
-    case CloneMethod::kReadWrite:
-      return "read-write";
-  }
-  return "unknown";
-}
+std::string_view clone_method_name(CloneMethod method) { return name_of(method); }
 
-CloneMethod parse_clone_method(std::string_view name) {
-  for (CloneMethod m : {CloneMethod::kAuto, CloneMethod::kReflink, CloneMethod::kCopyRange,
-                        CloneMethod::kReadWrite}) {
-    if (name == clone_method_name(m)) return m;
-  }
-  throw Error(ErrorCode::kUsage, "unknown clone method '" + std::string(name) +
-                                     "'; use auto, reflink, copy-range or read-write");
-}
+CloneMethod parse_clone_method(std::string_view name) { return parse_enum<CloneMethod>(name, "clone method"); }
 
 }  // namespace vmsynth::io

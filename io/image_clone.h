@@ -27,10 +27,13 @@
 
 #include <cstdint>
 #include <functional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
+
+#include "common/enum_names.h"
 
 namespace vmsynth::io {
 
@@ -77,6 +80,12 @@ struct CloneHooks {
 // `hooks` (optional, borrowed for the call) coordinate with concurrent writers.
 CloneResult clone_image(const std::string& src, const std::string& dst, uint64_t dst_size,
                         CloneMethod method = CloneMethod::kAuto, const CloneHooks* hooks = nullptr);
+
+inline constexpr EnumName<CloneMethod> kCloneMethodNames[] = {{CloneMethod::kAuto, "auto"},
+                                                              {CloneMethod::kReflink, "reflink"},
+                                                              {CloneMethod::kCopyRange, "copy-range"},
+                                                              {CloneMethod::kReadWrite, "read-write"}};
+constexpr std::span<const EnumName<CloneMethod>> enum_names(CloneMethod) { return kCloneMethodNames; }
 
 // "auto", "reflink", "copy-range", "read-write".
 std::string_view clone_method_name(CloneMethod method);

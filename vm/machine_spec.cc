@@ -15,7 +15,8 @@ namespace vmsynth::vm {
 
 using Json = nlohmann::json;
 
-const char* accel_name(Accel a) { return a == Accel::kKvm ? "kvm" : "tcg"; }
+// The table's names are string literals, so the view is NUL-terminated.
+const char* accel_name(Accel a) { return name_of(a).data(); }
 
 std::string RunLayout::path(const std::string& name) const {
   if (!name.empty() && name.front() == '/') return name;
@@ -144,8 +145,9 @@ MachineSpec spec_from_json(const Json& j) {
   const Json& m = j["machine"];
   s.machine_type = field<std::string>(m, "type");
   std::string accel = field<std::string>(m, "accelerator");
-  if (accel != "tcg" && accel != "kvm") throw_corrupt("vm.json: unknown accelerator '" + accel + "'");
-  s.accel = accel == "kvm" ? Accel::kKvm : Accel::kTcg;
+  const std::optional<Accel> a = find_enum<Accel>(accel);
+  if (!a) throw_corrupt("vm.json: unknown accelerator '" + accel + "'");
+  s.accel = *a;
   s.accel_reason = m.value("accelerator_reason", std::string());
   s.cpu_model = field<std::string>(m, "cpu_model");
   s.cpus = field<unsigned>(m, "cpus");

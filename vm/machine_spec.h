@@ -25,11 +25,14 @@
 
 #include <cstdint>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include <nlohmann/json.hpp>
+
+#include "common/enum_names.h"
 
 namespace vmsynth::vm {
 
@@ -48,6 +51,8 @@ inline constexpr const char* kInitrdName = "initrd";
 inline constexpr const char* kOverlayDiskName = "disk.qcow2";
 
 enum class Accel { kTcg, kKvm };
+inline constexpr EnumName<Accel> kAccelNames[] = {{Accel::kTcg, "tcg"}, {Accel::kKvm, "kvm"}};
+constexpr std::span<const EnumName<Accel>> enum_names(Accel) { return kAccelNames; }
 const char* accel_name(Accel a);  // "tcg" / "kvm"
 
 struct BootFile {

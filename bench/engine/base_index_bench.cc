@@ -32,7 +32,7 @@ void BM_BaseIndexInsert(benchmark::State& state) {
   const std::vector<Hash128> hs = hashes(n, 1);
   for (auto _ : state) {
     BlockIndex index(n);
-    for (size_t i = 0; i < n; ++i) index.insert(hs[i], {format::kImageDisk, i});
+    for (size_t i = 0; i < n; ++i) index.insert(hs[i], {image_index(ImageKind::kDisk), i});
     benchmark::DoNotOptimize(index.size());
   }
   state.SetItemsProcessed(static_cast<int64_t>(state.iterations() * n));
@@ -45,7 +45,7 @@ void BM_BaseIndexFind(benchmark::State& state) {
   const std::vector<Hash128> present = hashes(n, 1);
   const std::vector<Hash128> absent = hashes(n / 2, 2);
   BlockIndex index(n);
-  for (size_t i = 0; i < n; ++i) index.insert(present[i], {format::kImageDisk, i});
+  for (size_t i = 0; i < n; ++i) index.insert(present[i], {image_index(ImageKind::kDisk), i});
   // Interleave hits and misses in a fixed order.
   std::vector<const Hash128*> queries;
   for (size_t i = 0; i < n / 2; ++i) {

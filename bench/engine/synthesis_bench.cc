@@ -1,7 +1,7 @@
 // engine benchmarks: synthesis, serial vs parallel, on generated pairs.
 //
 // For each profile ("typical", "decode-heavy") a base/launch pair is generated
-// once (engine/synthetic_pair.h; VMSYNTH_BENCH_MEMORY_MIB, default 256, and
+// once (tools/gen_pair/synthetic_pair.h; VMSYNTH_BENCH_MEMORY_MIB, default 256, and
 // VMSYNTH_BENCH_DISK_MIB, default 1024) with its overlay (zstd level 9), in a
 // scratch directory under $TMPDIR or /tmp removed at exit. Each iteration
 // synthesizes into the same output path (replaced each time) and includes the
@@ -19,7 +19,7 @@
 
 #include "engine/overlay_creator.h"
 #include "engine/synthesis.h"
-#include "engine/synthetic_pair.h"
+#include "tools/gen_pair/synthetic_pair.h"
 #include "io/byte_source.h"
 
 namespace vmsynth {

@@ -20,7 +20,7 @@
 #include "engine/cancel.h"
 #include "engine/overlay_reader.h"
 #include "engine/synthesis.h"
-#include "engine/synthetic_pair.h"
+#include "tools/gen_pair/synthetic_pair.h"
 #include "tests/engine/synthesis_test_util.h"
 #include "testutil/run_command.h"
 

@@ -36,7 +36,7 @@
 
 #include "engine/overlay_creator.h"
 #include "engine/synthesis.h"
-#include "engine/synthetic_pair.h"
+#include "tools/gen_pair/synthetic_pair.h"
 #include "engine/vm_dir.h"
 #include "io/byte_source.h"
 #include "testutil/temp_dir.h"

@@ -1,4 +1,4 @@
-#include "engine/synthetic_pair.h"
+#include "tools/gen_pair/synthetic_pair.h"
 
 #include <sys/stat.h>
 #include <tbb/blocked_range.h>

@@ -1,7 +1,7 @@
-// Tests of the synthetic base/launch pair generator (engine/synthetic_pair.h):
+// Tests of the synthetic base/launch pair generator (tools/gen_pair/synthetic_pair.h):
 // determinism, exact sizes, sparseness and that every phenomenon is present in
 // the bytes (not just in the statistics).
-#include "engine/synthetic_pair.h"
+#include "tools/gen_pair/synthetic_pair.h"
 
 #include <gtest/gtest.h>
 #include <sys/stat.h>
