@@ -1,5 +1,4 @@
 // `vmsynth overlay create`, `vmsynth overlay info` and `vmsynth overlay verify`.
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -252,10 +251,7 @@ void add_verify(CLI::App& overlay) {
     VerifyOptions o;
     o.key = args->key.load();
     o.base_dir = args->base;
-    struct stat st;
-    if (args->file != "-" && ::stat(args->file.c_str(), &st) == 0 && S_ISREG(st.st_mode)) {
-      o.source_size = static_cast<uint64_t>(st.st_size);
-    }
+    o.source_size = io::regular_file_size(args->file).value_or(0);
     install_interrupt_handlers();
     auto src = io::open_source(args->file, {cancel_wake_fd(), cancel_requested});
     TerminalProgress progress("verifying overlay", args->quiet);

@@ -1,5 +1,4 @@
 // `vmsynth synthesize`: base VM + overlay -> launch VM directory.
-#include <sys/stat.h>
 
 #include <chrono>
 #include <cstdio>
@@ -117,10 +116,7 @@ void add_synthesize_command(CLI::App& app) {
     o.queue_depth = args->queue_depth;
     o.memory_budget = args->memory_budget_mib << 20;
     o.key = args->key.load();
-    struct stat st;
-    if (args->overlay != "-" && ::stat(args->overlay.c_str(), &st) == 0 && S_ISREG(st.st_mode)) {
-      o.source_size = static_cast<uint64_t>(st.st_size);
-    }
+    o.source_size = io::regular_file_size(args->overlay).value_or(0);
     if (args->overlay != "-" && args->overlay.find("://") == std::string::npos) o.overlay_path = args->overlay;
     note_output(args->out);
     install_interrupt_handlers();  // before opening: a tcp-listen:// source waits for its sender here

@@ -264,9 +264,20 @@ std::unique_ptr<ByteSource> TcpListener::accept_source(StopCheck stop) {
   return std::make_unique<FdSource>(File(fd, desc), -1, desc, std::move(stop));
 }
 
+namespace {
+constexpr std::string_view kTcp = "tcp://";
+constexpr std::string_view kListen = "tcp-listen://";
+}  // namespace
+
+std::optional<uint64_t> regular_file_size(const std::string& spec) {
+  const std::string_view s = spec;
+  if (s == "-" || s.starts_with(kTcp) || s.starts_with(kListen)) return std::nullopt;
+  struct stat st;
+  if (::stat(spec.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) return std::nullopt;
+  return static_cast<uint64_t>(st.st_size);
+}
+
 std::unique_ptr<ByteSource> open_source(const std::string& spec, StopCheck stop) {
-  constexpr std::string_view kTcp = "tcp://";
-  constexpr std::string_view kListen = "tcp-listen://";
   std::string_view s = spec;
   if (s == "-") return std::make_unique<FdSource>(File(), STDIN_FILENO, "stdin", std::move(stop));
   if (s.starts_with(kTcp)) return connect_tcp(spec, s.substr(kTcp.size()), std::move(stop));

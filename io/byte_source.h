@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -78,6 +79,11 @@ struct StopCheck {
 // cannot be opened, connected or bound; kUsage for a malformed tcp spec.
 // `stop`: see StopCheck (files never wait, so they never ask it).
 std::unique_ptr<ByteSource> open_source(const std::string& spec, StopCheck stop = {});
+
+// The size of the regular file a source spec names (as open_source reads
+// it), or nothing for stdin, a TCP spec, a pipe or a path that cannot be
+// stat'ed. For progress totals, and to know that the overlay is a file.
+std::optional<uint64_t> regular_file_size(const std::string& spec);
 
 // A source serving `data`, at most `max_chunk` bytes per read_some (to
 // exercise callers' handling of short reads). max_chunk: bytes, default
