@@ -78,7 +78,7 @@ void run_gen_pair(const GenPairOptions& o) {
   PairStats stats;
   {
     TerminalProgress line("generating pair", o.quiet);
-    stats = generate_pair(spec, staged.path(), line.callback());
+    stats = generate_pair(spec, staged.path(), line.callback(), &interrupt_token());
     line.finish();
   }
   staged.commit();

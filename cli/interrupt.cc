@@ -15,15 +15,22 @@ std::atomic<int> g_signal{0};
 std::string g_output;  // set once by the command, before any worker thread exists
 static_assert(std::atomic<int>::is_always_lock_free);
 
-void on_signal(int sig) {  // async-signal-safe: two lock-free atomic stores
+CancelToken& token() {
+  static CancelToken t;
+  return t;
+}
+
+void on_signal(int sig) {  // async-signal-safe: atomic stores and a write(2)
   g_signal.store(sig, std::memory_order_relaxed);
-  request_cancel();
+  token().request();
 }
 
 }  // namespace
 
+const CancelToken& interrupt_token() { return token(); }
+
 void install_interrupt_handlers() {
-  (void)cancel_wake_fd();  // exists before a handler can want it
+  (void)token();  // exists before a handler can want it
   struct sigaction sa {};
   sa.sa_handler = on_signal;
   sigemptyset(&sa.sa_mask);

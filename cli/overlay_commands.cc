@@ -94,6 +94,7 @@ void add_create(CLI::App& overlay) {
     o.force = args->force;
     note_output(args->out);
     install_interrupt_handlers();
+    o.cancel = &interrupt_token();
     TerminalProgress progress("creating overlay", args->quiet);
     o.progress = progress.callback();
     CreateStats s = create_overlay(o);
@@ -253,7 +254,8 @@ void add_verify(CLI::App& overlay) {
     o.base_dir = args->base;
     o.source_size = io::regular_file_size(args->file).value_or(0);
     install_interrupt_handlers();
-    auto src = io::open_source(args->file, {cancel_wake_fd(), cancel_requested});
+    o.cancel = &interrupt_token();
+    auto src = io::open_source(args->file, interrupt_token().stop_check());
     TerminalProgress progress("verifying overlay", args->quiet);
     o.progress = progress.callback();
     VerifyStats s = verify_overlay(*src, o);

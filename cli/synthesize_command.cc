@@ -120,7 +120,8 @@ void add_synthesize_command(CLI::App& app) {
     if (args->overlay != "-" && args->overlay.find("://") == std::string::npos) o.overlay_path = args->overlay;
     note_output(args->out);
     install_interrupt_handlers();  // before opening: a tcp-listen:// source waits for its sender here
-    FirstByteClock src(io::open_source(args->overlay, {cancel_wake_fd(), cancel_requested}));
+    o.cancel = &interrupt_token();
+    FirstByteClock src(io::open_source(args->overlay, interrupt_token().stop_check()));
     TerminalProgress progress("synthesizing", args->quiet);
     o.progress = progress.callback();
     SynthesizeStats s = synthesize(src, o);

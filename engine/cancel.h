@@ -1,36 +1,56 @@
-// Cancellation of long-running engine work (synthesis, overlay creation,
-// gen-pair) from outside, e.g. by a signal handler in the command line tool.
+// Cancellation of long-running engine work (synthesis, overlay creation and
+// verification, gen-pair) from outside: another thread, a signal handler, a
+// daemon whose client went away.
 //
-// One process-wide flag: request_cancel() sets it and is async-signal-safe (a
-// lock-free atomic store, nothing else), so a signal handler may call it. Both
-// synthesis engines poll it once per frame, overlay creation and gen-pair once
-// per chunk and frame, and they stop with
-// vmsynth::Error(kInterrupted); their usual error path then removes the
-// staging directory. The flag is sticky: it stays set until clear_cancel(), so
-// a signal that arrives before an engine starts is not lost (tests and
-// long-lived callers that run several syntheses clear it themselves).
+// Every job is given its own CancelToken (through its options; null = not
+// cancellable), so many jobs in one process stop independently: the library's
+// handles each own one (lib/), the command line tool's signal handler
+// requests the token of the one job it runs. request() is async-signal-safe
+// (a lock-free atomic store and one write(2) to an eventfd). Synthesis polls
+// the token once per frame, overlay creation and gen-pair once per chunk and
+// frame, and they stop with vmsynth::Error(kInterrupted); their usual error
+// path then removes what was staged. A request is sticky: a token requested
+// before its job starts stops the job before it writes anything.
 //
-// This is deliberately the one global of the engine: a signal handler cannot
-// reach anything else. Thread safety: every function may be called from any
-// thread at any time.
+// Thread safety: request(), requested() and wake_fd() may be called from any
+// thread at any time, concurrently; construction and destruction need
+// external synchronisation (no call may race the destructor).
 #pragma once
+
+#include <atomic>
+
+#include "io/byte_source.h"
 
 namespace vmsynth {
 
-// Asks running and future engine work to stop. Async-signal-safe.
-void request_cancel() noexcept;
-// True once request_cancel() was called and clear_cancel() has not been since.
-bool cancel_requested() noexcept;
-// Resets the flag.
-void clear_cancel() noexcept;
-// Throws Error(kInterrupted) if cancellation was requested.
-void throw_if_cancelled();
+class CancelToken {
+ public:
+  CancelToken();
+  ~CancelToken();
+  CancelToken(const CancelToken&) = delete;
+  CancelToken& operator=(const CancelToken&) = delete;
 
-// An eventfd that is readable while cancellation is requested (request_cancel
-// writes to it, clear_cancel drains it), so a thread blocked waiting for
-// input can poll it beside its input and wake up: a signal interrupts only one
-// arbitrary thread of the process, usually not the one waiting. Created on the
-// first call (call it before installing signal handlers); -1 if it cannot be.
-int cancel_wake_fd();
+  // Asks the job to stop. Async-signal-safe; idempotent.
+  void request() noexcept;
+  // True once request() was called.
+  bool requested() const noexcept { return flag_.load(std::memory_order_relaxed); }
+
+  // An eventfd that becomes readable on request(), so a thread blocked
+  // waiting for input can poll it beside its input and wake up (a signal
+  // interrupts one arbitrary thread, usually not the one waiting). -1 if the
+  // kernel refused one; then only requested() tells.
+  int wake_fd() const noexcept { return fd_; }
+
+  // How a byte source's wait for input ends on this token (io::StopCheck).
+  io::StopCheck stop_check() const;
+
+ private:
+  std::atomic<bool> flag_{false};
+  int fd_ = -1;
+  static_assert(std::atomic<bool>::is_always_lock_free);
+};
+
+// Throws Error(kInterrupted) if `token` is set and was requested.
+void throw_if_cancelled(const CancelToken* token);
 
 }  // namespace vmsynth

@@ -20,7 +20,7 @@ namespace vmsynth {
 
 using format::kBlockSize;
 
-Hash128 check_base(const VmDir& base, const format::FileHeader& h, bool use_cache) {
+Hash128 check_base(const VmDir& base, const format::FileHeader& h, const BaseIdOptions& id_opts) {
   for (unsigned i = 0; i < kImageCount; ++i) {
     std::string p = base.image(static_cast<ImageKind>(i));
     if (!io::path_exists(p)) {
@@ -36,9 +36,7 @@ Hash128 check_base(const VmDir& base, const format::FileHeader& h, bool use_cach
                       "; use the base VM the overlay was created from");
     }
   }
-  BaseIdOptions o;
-  o.use_cache = use_cache;
-  Hash128 id = compute_base_id(base, o);
+  Hash128 id = compute_base_id(base, id_opts);
   if (id != h.base_id) {
     throw Error(ErrorCode::kWrongBase, "this overlay was made for another base VM (overlay names base " +
                                            h.base_id.hex() + ", '" + base.path + "' is " + id.hex() +

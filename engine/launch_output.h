@@ -19,6 +19,7 @@
 
 #include "codec/frame_codec.h"
 #include "codec/overlay_format.h"
+#include "engine/base_id.h"
 #include "engine/clone_tracker.h"
 #include "engine/frame_decoder.h"  // throw_hash_mismatch, for both engines
 #include "engine/synthesis.h"
@@ -31,7 +32,7 @@ namespace vmsynth {
 
 // Throws kWrongBase unless the base at `base_dir` is the one the overlay
 // names (sizes, then content id). Returns the id.
-Hash128 check_base(const VmDir& base, const format::FileHeader& h, bool use_cache);
+Hash128 check_base(const VmDir& base, const format::FileHeader& h, const BaseIdOptions& id_opts);
 
 class LaunchOutput {
  public:

@@ -75,7 +75,7 @@ BlockIndex build_base_index(const ImageView& base) {
 // Finds the launch blocks that differ from the base at the same address and
 // gives each a provisional op. Output order: memory then disk, ascending.
 std::vector<Changed> classify(const ImageView& base, const ImageView& launch, const BlockIndex& index,
-                              const ProgressFn& progress) {
+                              const ProgressFn& progress, const CancelToken* cancel) {
   struct Chunk {
     unsigned image;
     uint64_t first, last;
@@ -92,7 +92,7 @@ std::vector<Changed> classify(const ImageView& base, const ImageView& launch, co
   std::mutex progress_mu;
   report(progress, "comparing images", 0, total_blocks * kBlockSize);
   tbb::parallel_for(size_t{0}, chunks.size(), [&](size_t ci) {
-    throw_if_cancelled();
+    throw_if_cancelled(cancel);
     const Chunk& c = chunks[ci];
     Block s1, s2, s3;
     auto& out = results[ci];
@@ -251,7 +251,7 @@ CreateStats create_overlay(const CreateOptions& opts) {
 
   Stopwatch t;
   report(opts.progress, "hashing base");
-  st.base_id = arena.execute([&] { return compute_base_id(base_dir); });
+  st.base_id = arena.execute([&] { return compute_base_id(base_dir, {true, opts.cache_dir}); });
   st.seconds_base_id = t.seconds();
 
   ImageView base(base_dir), launch(launch_dir);
@@ -268,7 +268,7 @@ CreateStats create_overlay(const CreateOptions& opts) {
   st.seconds_index = t.seconds();
 
   t.restart();
-  std::vector<Changed> changed = arena.execute([&] { return classify(base, launch, index, opts.progress); });
+  std::vector<Changed> changed = arena.execute([&] { return classify(base, launch, index, opts.progress, opts.cancel); });
   dedup_self(launch, changed);
   arena.execute([&] { choose_deltas(base, launch, changed); });
   std::vector<FramePlan> plans = plan_frames(changed);
@@ -320,7 +320,7 @@ CreateStats create_overlay(const CreateOptions& opts) {
         static_cast<size_t>(2 * arena.max_concurrency() + 2),
         tbb::make_filter<void, size_t>(tbb::filter_mode::serial_in_order,
                                        [&](tbb::flow_control& fc) -> size_t {
-                                         throw_if_cancelled();
+                                         throw_if_cancelled(opts.cancel);
                                          if (next_plan == plans.size()) {
                                            fc.stop();
                                            return 0;

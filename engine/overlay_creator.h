@@ -25,6 +25,7 @@
 #include "codec/block_hash.h"
 #include "codec/crypto.h"
 #include "codec/overlay_format.h"
+#include "engine/cancel.h"
 #include "engine/progress.h"
 
 namespace vmsynth {
@@ -43,6 +44,8 @@ struct CreateOptions {
   // is page-aligned, so such a file is not a VM's memory. The format itself
   // handles images of any size; tests of those tail blocks turn this off.
   bool require_page_aligned_memory = true;
+  const CancelToken* cancel = nullptr;  // engine/cancel.h; null: not cancellable
+  std::string cache_dir;      // base-id cache; empty = default_cache_dir()
   ProgressFn progress;        // phases: hashing/indexing base, comparing images, encoding frames, syncing
   codec::KeySpec key;         // none: not encrypted; a raw key or a passphrase: encrypted
   codec::ScryptParams scrypt; // passphrase only: scrypt cost (default N=2^15, r=8, p=1)
@@ -64,7 +67,7 @@ struct CreateStats {
 };
 
 // Writes the overlay under a temporary name beside opts.output and renames it
-// into place when complete (io::StagedFile). Polls engine/cancel.h between
+// into place when complete (io::StagedFile). Polls opts.cancel between
 // chunks and frames: a cancel stops it with kInterrupted and removes the
 // temporary file. Refuses (kUsage) an output that is, contains or lies inside
 // the base or launch VM, and thread counts above kMaxThreads.

@@ -102,7 +102,7 @@ VerifyStats verify_overlay(io::ByteSource& src, const VerifyOptions& opts) {
     base = VmDir{opts.base_dir};
     Stopwatch t;
     report(opts.progress, "checking base");
-    st.base_id = check_base(*base, h, opts.use_base_id_cache);
+    st.base_id = check_base(*base, h, {opts.use_base_id_cache, opts.cache_dir});
     st.seconds_base_id = t.seconds();
     st.base_checked = true;
     base_blocks = std::make_unique<BaseBlockReader>(*base);
@@ -140,7 +140,7 @@ VerifyStats verify_overlay(io::ByteSource& src, const VerifyOptions& opts) {
   RawFrame frame;
   while (reader.next(frame)) {
     try {
-      throw_if_cancelled();
+      throw_if_cancelled(opts.cancel);
       if (frame.header.type == format::FrameType::kFile) {
         ++st.file_frames;
         validator.check_file(codec.decode_file_table(frame.header, frame.table()).id);

@@ -43,6 +43,7 @@
 #include "codec/block_hash.h"
 #include "codec/crypto.h"
 #include "codec/overlay_format.h"
+#include "engine/cancel.h"
 #include "engine/progress.h"
 #include "io/byte_source.h"
 
@@ -55,6 +56,8 @@ struct VerifyOptions {
   // The base VM directory; empty: none, contents that need it are not checked.
   std::string base_dir;
   bool use_base_id_cache = true;  // as in synthesis (engine/base_id.h)
+  std::string cache_dir;          // as in synthesis
+  const CancelToken* cancel = nullptr;  // engine/cancel.h; null: not cancellable
   ProgressFn progress;            // overlay bytes consumed
   uint64_t source_size = 0;       // for progress; 0 = unknown
 };

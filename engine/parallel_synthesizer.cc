@@ -302,7 +302,7 @@ class ParallelSynthesis {
                                              " frames were not applied");
       }
     }
-    if (cancel_requested()) throw_if_cancelled();
+    throw_if_cancelled(opts_.cancel);
     if (auto e = errors_.get()) std::rethrow_exception(e);
     st_.write_backend = std::string(queue_->backend());
     if (opts_.write_backend != WriteBackend::kPwrite) {
@@ -378,7 +378,7 @@ class ParallelSynthesis {
   void read_frame(FrameSlot* s, ReadNode::output_ports_type& p) {
     if (stop_reading_.load(std::memory_order_acquire) || errors_.failed()) return;
     try {
-      throw_if_cancelled();
+      throw_if_cancelled(opts_.cancel);
       if (!reader_.next(s->frame)) {
         stop_reading_.store(true, std::memory_order_release);
         return;
@@ -644,7 +644,7 @@ SynthesizeStats synthesize_parallel(io::ByteSource& src, const SynthesizeOptions
 
   Stopwatch t;
   report(opts.progress, "checking base");
-  st.base_id = check_base(base, h, opts.use_base_id_cache);
+  st.base_id = check_base(base, h, {opts.use_base_id_cache, opts.cache_dir});
   st.seconds_base_id = t.seconds();
 
   const unsigned threads =

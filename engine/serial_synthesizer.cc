@@ -31,7 +31,7 @@ SynthesizeStats synthesize_serial(io::ByteSource& src, const SynthesizeOptions& 
 
   Stopwatch t;
   report(opts.progress, "checking base");
-  st.base_id = check_base(base, h, opts.use_base_id_cache);
+  st.base_id = check_base(base, h, {opts.use_base_id_cache, opts.cache_dir});
   st.seconds_base_id = t.seconds();
 
   LaunchOutput out(base, h, opts.out_dir, opts.force, opts.disk_format);
@@ -64,7 +64,7 @@ SynthesizeStats synthesize_serial(io::ByteSource& src, const SynthesizeOptions& 
   report(opts.progress, "applying", 0, opts.source_size);
   while (reader.next(frame)) {
     try {
-      throw_if_cancelled();  // SIGINT (engine/cancel.h), polled once per frame
+      throw_if_cancelled(opts.cancel);  // polled once per frame
       ++st.frames;
       if (frame.header.type == format::FrameType::kFile) {
         format::FileRecord rec = codec.decode_file_table(frame.header, frame.table());
@@ -83,7 +83,7 @@ SynthesizeStats synthesize_serial(io::ByteSource& src, const SynthesizeOptions& 
   st.overlay_bytes = reader.bytes_read();
   st.seconds_apply = t.seconds();
 
-  throw_if_cancelled();  // a signal during the last frame: do not commit
+  throw_if_cancelled(opts.cancel);  // a cancel during the last frame: do not commit
   t.restart();
   report(opts.progress, "syncing");
   out.commit();

@@ -23,6 +23,7 @@
 #include "codec/crypto.h"
 #include "codec/overlay_format.h"
 #include "common/enum_names.h"
+#include "engine/cancel.h"
 #include "engine/progress.h"
 #include "io/byte_source.h"
 #include "io/image_clone.h"
@@ -67,6 +68,8 @@ struct SynthesizeOptions {
   unsigned queue_depth = 64;    // parallel engine: io_uring queue depth, 1..4096
   uint64_t memory_budget = 256u << 20;  // parallel engine: bytes of frames in flight, >= 16 MiB
   bool use_base_id_cache = true;
+  std::string cache_dir;  // base-id cache; empty = default_cache_dir() (engine/cache_dir.h)
+  const CancelToken* cancel = nullptr;  // polled once per frame (engine/cancel.h); null: not cancellable
   ProgressFn progress;  // overlay bytes consumed (total = source size, or 0 if unknown)
   uint64_t source_size = 0;  // for progress; 0 = unknown
   // The overlay's path when it is a file (empty for a pipe or socket): an

@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -430,18 +431,23 @@ TEST(ParallelSynthesis, CancellationStopsCleanly) {
     SCOPED_TRACE(engine == EngineKind::kSerial ? "serial" : "parallel");
     const std::string out = p.dir.sub("out");
     // Requested before the engine starts: nothing is applied.
-    request_cancel();
     auto o = testutil::synth_options(p.base, out, engine, 2);
-    try {
-      testutil::synthesize_file(p.overlay, o);
-      ADD_FAILURE() << "no error";
-    } catch (const Error& e) {
-      EXPECT_EQ(e.code(), ErrorCode::kInterrupted) << e.what();
+    {
+      CancelToken before;
+      before.request();
+      o.cancel = &before;
+      try {
+        testutil::synthesize_file(p.overlay, o);
+        ADD_FAILURE() << "no error";
+      } catch (const Error& e) {
+        EXPECT_EQ(e.code(), ErrorCode::kInterrupted) << e.what();
+      }
     }
-    clear_cancel();
-    // Requested mid-stream, as a SIGINT handler would.
-    o.progress = [](const Progress& p) {
-      if (p.phase == "applying" && p.done > 0) request_cancel();
+    // Requested mid-stream from the engine's own progress callback.
+    CancelToken mid;
+    o.cancel = &mid;
+    o.progress = [&mid](const Progress& p) {
+      if (p.phase == "applying" && p.done > 0) mid.request();
     };
     try {
       testutil::synthesize_file(p.overlay, o);
@@ -449,13 +455,42 @@ TEST(ParallelSynthesis, CancellationStopsCleanly) {
     } catch (const Error& e) {
       EXPECT_EQ(e.code(), ErrorCode::kInterrupted) << e.what();
     }
-    clear_cancel();
     EXPECT_FALSE(std::filesystem::exists(out));
     EXPECT_TRUE(testutil::entries_with_prefix(p.dir.path(), ".out").empty());
   }
 }
 
 // ---- Memory ----------------------------------------------------------------
+
+// Two syntheses in one process, one cancelled: the other's token is its own
+// and it completes (the cancel flag used to be process-wide).
+TEST(ParallelSynthesis, CancellingOneJobLeavesAnotherRunning) {
+  Prepared p("decode_heavy");
+  CancelToken stopped, running;
+  stopped.request();
+  auto a = testutil::synth_options(p.base, p.dir.sub("a"), EngineKind::kParallel, 2);
+  auto b = testutil::synth_options(p.base, p.dir.sub("b"), EngineKind::kParallel, 2);
+  a.cancel = &stopped;
+  b.cancel = &running;
+  std::exception_ptr a_error;
+  std::thread ta([&] {
+    try {
+      testutil::synthesize_file(p.overlay, a);
+    } catch (...) {
+      a_error = std::current_exception();
+    }
+  });
+  EXPECT_NO_THROW(testutil::synthesize_file(p.overlay, b));
+  ta.join();
+  ASSERT_TRUE(a_error);
+  try {
+    std::rethrow_exception(a_error);
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kInterrupted) << e.what();
+  }
+  EXPECT_FALSE(std::filesystem::exists(p.dir.sub("a")));
+  EXPECT_TRUE(std::filesystem::exists(p.dir.sub("b") + "/memory.img"));
+}
 
 TEST(ParallelSynthesis, SmallMemoryBudgetStillCompletes) {
   // ~48 MiB of payload through the smallest budget (16 MiB: two frames in

@@ -627,7 +627,7 @@ uint64_t write_runs(io::File& f, const Plan& plan, uint64_t bytes, uint64_t b0, 
 }
 
 void write_images(const std::vector<ImageJob>& jobs, const ContentGenerator& gen, uint64_t total,
-                  const ProgressFn& progress, PairStats& st) {
+                  const ProgressFn& progress, const CancelToken* cancel, PairStats& st) {
   uint64_t chunks = 0;
   for (const auto& j : jobs) chunks += j.chunks;
   std::atomic<uint64_t> done{0};
@@ -639,7 +639,7 @@ void write_images(const std::vector<ImageJob>& jobs, const ContentGenerator& gen
   tbb::parallel_for(tbb::blocked_range<uint64_t>(0, chunks, 1), [&](const tbb::blocked_range<uint64_t>& range) {
     std::byte* buf = buffers.local().data();
     for (uint64_t c = range.begin(); c != range.end(); ++c) {
-      throw_if_cancelled();
+      throw_if_cancelled(cancel);
       uint64_t local = c;
       size_t ji = 0;
       while (local >= jobs[ji].chunks) local -= jobs[ji++].chunks;
@@ -843,7 +843,8 @@ PairSpec PairSpec::profile(std::string_view name, uint64_t memory_bytes, uint64_
   return s;
 }
 
-PairStats generate_pair(const PairSpec& spec, const std::string& out_dir, ProgressFn progress) {
+PairStats generate_pair(const PairSpec& spec, const std::string& out_dir, ProgressFn progress,
+                        const CancelToken* cancel) {
   validate(spec);
   report(progress, "planning");
   PairStats st;
@@ -893,7 +894,7 @@ PairStats generate_pair(const PairSpec& spec, const std::string& out_dir, Progre
       {&disk.base, &launch_disk.plan, &base_disk_f, &launch_disk_f, spec.disk_bytes, spec.launch_disk_bytes(),
        (launch_disk.plan.size() + kChunkBlocks - 1) / kChunkBlocks},
   };
-  write_images(jobs, gen, total, progress, st);
+  write_images(jobs, gen, total, progress, cancel, st);
 
   std::vector<std::byte> dev = devstate_bytes(gen, spec.devstate_bytes, spec.seed);
   write_small(base.file(kDevStateName), dev);

@@ -32,6 +32,7 @@
 #include <string_view>
 #include <vector>
 
+#include "engine/cancel.h"
 #include "engine/progress.h"
 
 namespace vmsynth {
@@ -172,8 +173,9 @@ struct PairStats {
 // vmsynth::Error(kUsage) for an invalid spec, kIo for I/O failures.
 // `progress` (engine/progress.h) gets the phases "planning" and "writing
 // images" (bytes of image data written so far, and the total). Polls
-// engine/cancel.h between chunks: a cancel stops it with kInterrupted (the
+// `cancel` (engine/cancel.h) between chunks: a cancel stops it with kInterrupted (the
 // caller's staging directory then holds a partial pair).
-PairStats generate_pair(const PairSpec& spec, const std::string& out_dir, ProgressFn progress = {});
+PairStats generate_pair(const PairSpec& spec, const std::string& out_dir, ProgressFn progress = {},
+                        const CancelToken* cancel = nullptr);
 
 }  // namespace vmsynth
