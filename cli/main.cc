@@ -14,7 +14,7 @@
 #include "cli/commands.h"
 #include "cli/interrupt.h"
 #include "common/error.h"
-#include "common/version.h"
+#include "vmsynth/version.h"
 
 namespace {
 
