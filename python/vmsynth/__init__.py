@@ -367,4 +367,7 @@ class Synthesizer:
         return False
 
     def __del__(self):
-        self.close()
+        try:
+            self.close()
+        except Exception:  # at interpreter exit the modules may already be gone
+            pass
