@@ -20,11 +20,14 @@ disk_format, clone, write_backend, queue_depth, memory_budget, overlay_size,
 level, key_file, passphrase_file, cache_dir, base_id_cache, force. Values are
 converted with str() (paths with os.fspath; True/False become "1"/"0"; None
 leaves the default); the library rejects an unknown name or a bad value with
-UsageError. Two more keywords are Python's:
+UsageError. Three more keywords are Python's:
     progress=callable(done, total)  bytes done out of total (0 = unknown), called
         from a library thread (never two calls at once). If it raises, the
-        operation is cancelled and the exception is raised by the call that
-        was running, chained to the library's Cancelled.
+        operation is cancelled (through its cancel= token, if it has one) and
+        the exception is raised by the call that was running, chained to the
+        library's Cancelled.
+    phase_progress=callable(phase, done, total)  the same with the phase named
+        ("checking base", "applying", "syncing" ...); not with progress=.
     cancel=CancelToken              the operation stops when the token is requested.
 
 Threading: the GIL is released while the library works (ctypes.CDLL drops it
@@ -115,7 +118,7 @@ class _Params:
     so the operation keeps this object until it has returned (one-call) or
     been freed (Synthesizer)."""
 
-    def __init__(self, params, progress=None, cancel=None, on_callback_error=None):
+    def __init__(self, params, progress=None, phase_progress=None, cancel=None, on_callback_error=None):
         self.callback = None
         self.token = cancel
         self.callback_error = None
@@ -134,11 +137,19 @@ class _Params:
                 if not isinstance(cancel, CancelToken):
                     raise TypeError(f"cancel= takes a vmsynth.CancelToken, not {type(cancel).__name__}")
                 self._check(_capi.params_set_cancel(self.ptr, cancel._ptr), "cancel")
+            if progress is not None and phase_progress is not None:
+                raise UsageError("progress= and phase_progress= are exclusive: the library keeps one callback")
             if progress is not None:
                 if not callable(progress):
                     raise TypeError("progress= takes a callable(done, total)")
-                self.callback = _capi.PROGRESS_FN(self._trampoline(progress))
+                self.callback = _capi.PROGRESS_FN(self._trampoline(lambda _ctx, d, t: progress(d, t)))
                 self._check(_capi.params_set_progress(self.ptr, self.callback, None), "progress")
+            if phase_progress is not None:
+                if not callable(phase_progress):
+                    raise TypeError("phase_progress= takes a callable(phase, done, total)")
+                self.callback = _capi.PHASE_PROGRESS_FN(self._trampoline(
+                    lambda _ctx, phase, d, t: phase_progress(phase.decode("utf-8", "replace"), d, t)))
+                self._check(_capi.params_set_phase_progress(self.ptr, self.callback, None), "phase_progress")
         except BaseException:
             self.free_params()
             raise
@@ -148,9 +159,9 @@ class _Params:
             raise error_for(rc, f"vmsynth_params_set_{what} failed ({status_name(rc)})")
 
     def _trampoline(self, progress):
-        def call(_ctx, done, total):
+        def call(*args):
             try:
-                progress(done, total)
+                progress(*args)
             except BaseException as e:  # must not unwind into C; raised by the running call instead
                 if self.callback_error is None:
                     self.callback_error = e
@@ -175,11 +186,14 @@ def _path(p):
     return os.fsencode(p)
 
 
-def _one_call(fn, args, params, progress, cancel):
+def _one_call(fn, args, params):
     """Runs a one-call operation: returns its result JSON as a dict, or raises its error."""
-    if progress is not None and cancel is None:
+    cancel = params.pop("cancel", None)
+    progress = params.pop("progress", None)
+    phase_progress = params.pop("phase_progress", None)
+    if cancel is None and (progress is not None or phase_progress is not None):
         cancel = CancelToken()  # so that a raising progress callback can stop the operation
-    p = _Params(params, progress, cancel, on_callback_error=lambda: cancel.request())
+    p = _Params(params, progress, phase_progress, cancel, on_callback_error=lambda: cancel.request())
     result = ctypes.c_void_p()
     try:
         rc = fn(*args, p.ptr, ctypes.byref(result))
@@ -197,38 +211,37 @@ def _one_call(fn, args, params, progress, cancel):
     raise e
 
 
-def synthesize(base, overlay, out, *, progress=None, cancel=None, **params):
+def synthesize(base, overlay, out, **params):
     """Synthesizes the launch VM at `out` from the base VM directory `base` and an overlay source:
     a file path, "-" (standard input), "tcp://HOST:PORT" or "tcp-listen://HOST:PORT".
 
     Returns the result document (`vmsynth synthesize --json`); nothing is left
     at `out` on failure."""
-    return _one_call(_capi.synthesize, (_path(base), _path(overlay), _path(out)), params, progress, cancel)
+    return _one_call(_capi.synthesize, (_path(base), _path(overlay), _path(out)), params)
 
 
-def create_overlay(base, launch, overlay, *, progress=None, cancel=None, **params):
+def create_overlay(base, launch, overlay, **params):
     """Writes the overlay from base VM directory `base` to launch VM directory `launch` at path
     `overlay` (encrypted when key_file or passphrase_file is given).
 
     Returns the result document (`vmsynth overlay create --json`)."""
-    return _one_call(_capi.overlay_create, (_path(base), _path(launch), _path(overlay)), params, progress,
-                     cancel)
+    return _one_call(_capi.overlay_create, (_path(base), _path(launch), _path(overlay)), params)
 
 
-def overlay_info(overlay, *, progress=None, cancel=None, **params):
+def overlay_info(overlay, **params):
     """The overlay's headers and op tables as a dict (`vmsynth overlay info --json`); payloads are
     not checked. `overlay` is a path or "-"; key_file/passphrase_file authenticate an encrypted one."""
-    return _one_call(_capi.overlay_info, (_path(overlay),), params, progress, cancel)
+    return _one_call(_capi.overlay_info, (_path(overlay),), params)
 
 
-def base_id(base, *, progress=None, cancel=None, **params):
+def base_id(base, **params):
     """{"ok": True, "base_dir": ..., "base_id": "<32 hex digits>"} for a VM directory, as overlays
     name it; uses and fills the base-id cache unless base_id_cache=False."""
-    return _one_call(_capi.base_id, (_path(base),), params, progress, cancel)
+    return _one_call(_capi.base_id, (_path(base),), params)
 
 
 def _feed_buffer(data):
-    """(pointer argument, length, object to keep alive) for feed without copying where ctypes allows:
+    """(pointer argument, length) for feed, without copying where ctypes allows:
     bytes are passed as they are, writable buffers through a c_char array over their memory;
     only a read-only buffer that is not bytes (a memoryview of bytes, say) is copied."""
     if isinstance(data, bytes):
@@ -258,14 +271,14 @@ class Synthesizer:
     thread is blocked in feed: the running and every later feed or finish
     raise Cancelled."""
 
-    def __init__(self, base, out, *, progress=None, cancel=None, **params):
+    def __init__(self, base, out, *, progress=None, phase_progress=None, cancel=None, **params):
         self._handle = None
         self._stats = None
         self._handle_lock = threading.Lock()  # cancel() on other threads against close()
         self._call_lock = threading.Lock()    # vmsynth.h: one handle's calls must not run concurrently
         # A weak reference: the callback must not keep the Synthesizer alive (its __del__ aborts).
         this = weakref.ref(self)
-        self._params = _Params(params, progress, cancel,
+        self._params = _Params(params, progress, phase_progress, cancel,
                                on_callback_error=lambda: this() is not None and this().cancel())
         h = ctypes.c_void_p()
         try:
