@@ -111,12 +111,15 @@ VMSYNTH_API void vmsynth_cancel_free(vmsynth_cancel *c);
  *                     (never an input: an output over an input is refused)
  *
  * vmsynth_params_set returns VMSYNTH_E_USAGE for an unknown name or a bad
- * value (and leaves p unchanged); key files are read when an operation
+ * value (and leaves p unchanged; vmsynth_params_error says why); key files are read when an operation
  * starts. Thread-safety: a vmsynth_params may be read by any number of
  * concurrent calls; changing it must not race any use. */
 typedef struct vmsynth_params vmsynth_params;
 VMSYNTH_API vmsynth_params *vmsynth_params_new(void); /* NULL: out of memory */
 VMSYNTH_API int vmsynth_params_set(vmsynth_params *p, const char *name, const char *value);
+/* Why the last vmsynth_params_set on p failed, naming the parameter and what
+ * it accepts ("" after a success). Owned by p; valid until the next call on p. */
+VMSYNTH_API const char *vmsynth_params_error(const vmsynth_params *p);
 /* Progress of the operation: bytes done out of total (total 0 = unknown).
  * For synthesis, overlay bytes consumed; for creation, image bytes compared
  * and then encoded. Called from a library thread, never two calls at once;
@@ -187,7 +190,9 @@ VMSYNTH_API void vmsynth_synth_cancel(vmsynth_synth *s);
 VMSYNTH_API const char *vmsynth_synth_error(const vmsynth_synth *s);
 /* After a successful finish: the result as JSON, the document
  * `vmsynth synthesize --json` prints (ok, out, engine, threads, base_id,
- * overlay_bytes, frames, blocks_written, ops, seconds, ...). *json is the
+ * overlay_bytes, frames, blocks_written, ops, seconds, ...; seconds has
+ * "since_first_byte", from the overlay's first byte to the finished
+ * output, the wait a launch adds to). *json is the
  * caller's (vmsynth_free). Before that: VMSYNTH_E_USAGE. */
 VMSYNTH_API int vmsynth_synth_stats_json(const vmsynth_synth *s, char **json);
 /* Frees s. Unfinished: cancels, waits for the engine to stop, removes
