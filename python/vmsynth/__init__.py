@@ -130,9 +130,11 @@ class _Params:
             for name, value in params.items():
                 if value is None:
                     continue
-                if _capi.params_set(self.ptr, name.encode(), _param_value(value)) != VMSYNTH_OK:
-                    raise UsageError(f"parameter {name}={value!r}: unknown name or bad value "
-                                     "(see vmsynth.h, vmsynth_params_set, for names and ranges)")
+                rc = _capi.params_set(self.ptr, name.encode(), _param_value(value))
+                if rc != VMSYNTH_OK:
+                    why = _capi.params_error(self.ptr).decode("utf-8", "replace")
+                    raise error_for(rc, why or f"parameter {name}={value!r}: unknown name or bad value",
+                                    name=status_name(rc))
             if cancel is not None:
                 if not isinstance(cancel, CancelToken):
                     raise TypeError(f"cancel= takes a vmsynth.CancelToken, not {type(cancel).__name__}")

@@ -71,6 +71,7 @@ cancel_free = _declare("vmsynth_cancel_free", None, _handle)
 
 params_new = _declare("vmsynth_params_new", _handle)
 params_set = _declare("vmsynth_params_set", _status, _handle, _str, _str)
+params_error = _declare("vmsynth_params_error", _str, _handle)
 params_set_progress = _declare("vmsynth_params_set_progress", _status, _handle, PROGRESS_FN, ctypes.c_void_p)
 params_set_phase_progress = _declare(
     "vmsynth_params_set_phase_progress", _status, _handle, PHASE_PROGRESS_FN, ctypes.c_void_p

@@ -250,7 +250,8 @@ def test_existing_output_raises_exists_unless_force(data, tmp_path):
 ])
 def test_bad_parameter_raises_usage_error(data, tmp_path, params):
     out = tmp_path / "out"
-    expect(vmsynth.UsageError, 2, lambda: vmsynth.Synthesizer(data.base, out, **params))
+    e = expect(vmsynth.UsageError, 2, lambda: vmsynth.Synthesizer(data.base, out, **params))
+    assert any(name in str(e) for name in params), f"the message does not name the parameter: {e}"
     expect(vmsynth.UsageError, 2, lambda: vmsynth.synthesize(data.base, data.overlay, out, **params))
     assert_nothing_at(out)
 
