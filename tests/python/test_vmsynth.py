@@ -360,6 +360,27 @@ def test_cancel_token_stops_a_synthesizer(data, tmp_path):
     assert_nothing_at(out)
 
 
+@pytest.mark.xfail(strict=True, reason="libvmsynth: vmsynth_synth_cancel requests the params' shared token "
+                   "instead of the handle's own, so it cancels every operation given that token")
+def test_cancelling_one_handle_leaves_others_on_the_same_token(data, tmp_path):
+    # vmsynth.h: a token given through the params stops every operation given it; a handle "still
+    # has its own", which vmsynth_synth_cancel requests ("Stops the synthesis").
+    token = vmsynth.CancelToken()
+    blob = data.overlay_bytes()
+    a = vmsynth.Synthesizer(data.base, tmp_path / "a", cancel=token)
+    b = vmsynth.Synthesizer(data.base, tmp_path / "b", cancel=token)
+    a.feed(blob[:1000])
+    b.feed(blob[:1000])
+    a.cancel()
+    b.feed(blob[1000:])
+    try:
+        assert b.finish()["ok"] is True
+    finally:
+        a.close()
+        b.close()
+    assert not token.requested
+
+
 # ---- the context manager ----------------------------------------------------
 
 def test_context_manager_aborts_on_an_exception(data, tmp_path):
