@@ -208,7 +208,7 @@ def _one_call(fn, args, params):
         return doc
     err = (doc or {}).get("error") or {}
     e = error_for(rc, err.get("message") or status_name(rc), name=err.get("code") or status_name(rc),
-                  context=err.get("context"))
+                  context=err.get("context") or None)
     p.raise_callback_error(e)
     raise e
 

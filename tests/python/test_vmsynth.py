@@ -336,6 +336,38 @@ def test_cancel_from_another_thread_while_a_feeder_is_blocked(data, tmp_path):
     assert_nothing_at(out)
 
 
+def test_cancel_from_another_thread_while_finish_waits(data, tmp_path):
+    out = tmp_path / "out"
+    engine_held = threading.Event()
+    release = threading.Event()
+
+    def progress(done, total):
+        if done > 0 and not engine_held.is_set():  # the engine is applying: hold it there
+            engine_held.set()
+            release.wait(60)
+
+    s = vmsynth.Synthesizer(data.base, out, progress=progress)
+    s.feed(data.overlay_bytes())
+    outcome = []
+
+    def finisher():
+        try:
+            outcome.append(s.finish())
+        except BaseException as e:
+            outcome.append(e)
+
+    t = threading.Thread(target=finisher)
+    t.start()
+    assert engine_held.wait(60), "the engine never reported progress"
+    s.cancel()
+    release.set()
+    t.join(60)
+    assert not t.is_alive()
+    assert len(outcome) == 1 and isinstance(outcome[0], vmsynth.Cancelled), outcome
+    s.close()
+    assert_nothing_at(out)
+
+
 def test_cancel_token_stops_a_one_call_synthesis(data, tmp_path):
     token = vmsynth.CancelToken()
     assert not token.requested
