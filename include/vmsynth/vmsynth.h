@@ -204,8 +204,10 @@ VMSYNTH_API void vmsynth_synth_free(vmsynth_synth *s);
  * and, when result_json is not NULL, stores a JSON document there, the
  * caller's to vmsynth_free: on success what the matching command prints with
  * --json; on failure {"ok": false, "error": {"code", "message", "context"}}.
- * Cancel them with a token (vmsynth_params_set_cancel). Thread-safe: any
- * number may run at once. */
+ * Cancel them with a token (vmsynth_params_set_cancel): synthesis and
+ * creation stop at their next frame or chunk; overlay info only while it
+ * waits for input; the base id (one pass over the base) runs to its end.
+ * Thread-safe: any number may run at once. */
 
 /* vmsynth synthesize --base base_dir --overlay overlay --out out_dir:
  * overlay is a source as in vmsynth_synth_finish_from. */
