@@ -24,8 +24,10 @@ UsageError. Three more keywords are Python's:
     progress=callable(done, total)  bytes done out of total (0 = unknown), called
         from a library thread (never two calls at once). If it raises, the
         operation is cancelled (through its cancel= token, if it has one) and
-        the exception is raised by the call that was running, chained to the
-        library's Cancelled.
+        the exception is raised by the call that was running, or by a
+        Synthesizer's next feed or finish, chained to the library's Cancelled
+        when that call saw it (the callback runs on the engine's thread, so a
+        feed may return before the engine noticed).
     phase_progress=callable(phase, done, total)  the same with the phase named
         ("checking base", "applying", "syncing" ...); not with progress=.
     cancel=CancelToken              the operation stops when the token is requested.
@@ -79,11 +81,14 @@ __version__ = version()
 class CancelToken:
     """A vmsynth_cancel: pass it as cancel= to any number of operations; request() stops them all.
 
-    Requests are sticky. request() may be called from any thread. The token
-    is freed when the last reference goes, which an operation using it holds
-    until it has returned."""
+    Requests are sticky. request() may be called from any thread. The C token
+    is freed when the last reference goes and no operation given it is still
+    running (a Synthesizer counts until it is closed)."""
 
     def __init__(self):
+        self._lock = threading.Lock()
+        self._users = 0  # operations that were given the token and have not ended
+        self._orphaned = False
         self._ptr = _capi.cancel_new()
         if not self._ptr:
             raise MemoryError("vmsynth_cancel_new: out of memory")
@@ -95,10 +100,34 @@ class CancelToken:
     def requested(self):
         return bool(_capi.cancel_requested(self._ptr))
 
-    def __del__(self):
-        ptr, self._ptr = getattr(self, "_ptr", None), None
+    def _acquire(self):
+        with self._lock:
+            self._users += 1
+
+    def _release(self):
+        with self._lock:
+            self._users -= 1
+            last = self._orphaned and self._users == 0
+        if last:
+            self._free()
+
+    def _free(self):
+        ptr, self._ptr = self._ptr, None
         if ptr:
             _capi.cancel_free(ptr)
+
+    def __del__(self):
+        # Normally nothing refers to the token any more, so no operation uses it. But the
+        # finalizers of cyclic garbage run in no set order (PEP 442): a Synthesizer given this
+        # token may be finalized after it, and its close() still reaches the token through the
+        # library. The last operation to end frees it then.
+        if getattr(self, "_ptr", None) is None:
+            return
+        with self._lock:
+            self._orphaned = True
+            last = self._users == 0
+        if last:
+            self._free()
 
 
 def _param_value(value):
@@ -120,7 +149,7 @@ class _Params:
 
     def __init__(self, params, progress=None, phase_progress=None, cancel=None, on_callback_error=None):
         self.callback = None
-        self.token = cancel
+        self.token = None
         self.callback_error = None
         self._on_callback_error = on_callback_error
         self.ptr = _capi.params_new()
@@ -135,10 +164,6 @@ class _Params:
                     why = _capi.params_error(self.ptr).decode("utf-8", "replace")
                     raise error_for(rc, why or f"parameter {name}={value!r}: unknown name or bad value",
                                     name=status_name(rc))
-            if cancel is not None:
-                if not isinstance(cancel, CancelToken):
-                    raise TypeError(f"cancel= takes a vmsynth.CancelToken, not {type(cancel).__name__}")
-                self._check(_capi.params_set_cancel(self.ptr, cancel._ptr), "cancel")
             if progress is not None and phase_progress is not None:
                 raise UsageError("progress= and phase_progress= are exclusive: the library keeps one callback")
             if progress is not None:
@@ -152,6 +177,12 @@ class _Params:
                 self.callback = _capi.PHASE_PROGRESS_FN(self._trampoline(
                     lambda _ctx, phase, d, t: phase_progress(phase.decode("utf-8", "replace"), d, t)))
                 self._check(_capi.params_set_phase_progress(self.ptr, self.callback, None), "phase_progress")
+            if cancel is not None:
+                if not isinstance(cancel, CancelToken):
+                    raise TypeError(f"cancel= takes a vmsynth.CancelToken, not {type(cancel).__name__}")
+                self._check(_capi.params_set_cancel(self.ptr, cancel._ptr), "cancel")
+                cancel._acquire()  # the library borrows it until release_token()
+                self.token = cancel
         except BaseException:
             self.free_params()
             raise
@@ -170,6 +201,12 @@ class _Params:
                     if self._on_callback_error is not None:
                         self._on_callback_error()
         return call
+
+    def release_token(self):
+        """The operation has ended (returned, or its handle was freed): the library is done with the token."""
+        token, self.token = self.token, None
+        if token is not None:
+            token._release()
 
     def free_params(self):
         ptr, self.ptr = self.ptr, None
@@ -201,6 +238,7 @@ def _one_call(fn, args, params):
         rc = fn(*args, p.ptr, ctypes.byref(result))
     finally:
         p.free_params()
+        p.release_token()
     text = _capi.take_string(result)
     doc = json.loads(text) if text else None
     if rc == VMSYNTH_OK:
@@ -278,18 +316,20 @@ class Synthesizer:
         self._stats = None
         self._handle_lock = threading.Lock()  # cancel() on other threads against close()
         self._call_lock = threading.Lock()    # vmsynth.h: one handle's calls must not run concurrently
+        base, out = _path(base), _path(out)
         # A weak reference: the callback must not keep the Synthesizer alive (its __del__ aborts).
         this = weakref.ref(self)
         self._params = _Params(params, progress, phase_progress, cancel,
                                on_callback_error=lambda: this() is not None and this().cancel())
         h = ctypes.c_void_p()
         try:
-            rc = _capi.synth_open(ctypes.byref(h), _path(base), _path(out), self._params.ptr)
+            rc = _capi.synth_open(ctypes.byref(h), base, out, self._params.ptr)
         finally:
             self._params.free_params()
         if rc != VMSYNTH_OK:
             message = _capi.synth_error(h).decode("utf-8", "replace") if h.value else ""
             _capi.synth_free(h)
+            self._params.release_token()
             raise error_for(rc, message or status_name(rc), name=status_name(rc))
         self._handle = h.value
 
@@ -368,6 +408,7 @@ class Synthesizer:
                 h, self._handle = self._handle, None
             if h is not None:
                 _capi.synth_free(h)  # waits for the engine, whose progress callback may still run
+                self._params.release_token()
         self._params = None
 
     def __enter__(self):
