@@ -5,15 +5,16 @@ docs/api.md), through ctypes:
 
     synthesize(base, overlay, out, **params) -> dict    one call, overlay from a source
     Synthesizer(base, out, **params)                    push the overlay's bytes as they arrive:
-        .feed(bytes)  .finish() -> dict  .cancel()  .close();  a context manager
+        .feed(bytes)  .finish() -> dict  .finish_from(source) -> dict  .cancel()  .close()
+        .stats;  a context manager (an exception inside aborts: nothing at out)
     create_overlay(base, launch, overlay, **params) -> dict
     overlay_info(overlay, **params) -> dict
     base_id(base, **params) -> dict
     CancelToken()                                       stops the operations given it (cancel=)
-    Error (.code, .message, .context) and one subclass per status: UsageError,
+    Error (.code, .name, .message, .context) and one subclass per status: UsageError,
     CorruptOverlay, WrongBase, WrongKey, VmsynthIOError, Unsupported, Exists,
     Cancelled, InternalError
-    version(), __version__
+    version(), version_number(), __version__, status_name(code), library_path
 
 Keyword parameters are vmsynth_params_set's names: engine, threads,
 disk_format, clone, write_backend, queue_depth, memory_budget, overlay_size,
