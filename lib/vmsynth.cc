@@ -94,10 +94,12 @@ int one_call(char** result_json, Fn&& fn) noexcept {
 struct vmsynth_synth {
   enum class State { kOpen, kFeeding, kFinished, kFailed };
 
+  explicit vmsynth_synth(const vmsynth::CancelToken* group) : token(group) {}
+
   vmsynth::SynthesizeOptions opts;
-  vmsynth::CancelToken own_token;  // used unless the params brought one
-  const vmsynth::CancelToken* token = nullptr;
-  vmsynth::CancelToken* requestable = nullptr;  // what vmsynth_synth_cancel requests
+  // The handle's own (vmsynth_synth_cancel), following the params' token if
+  // one was given (which then stops this synthesis too).
+  vmsynth::CancelToken token;
   std::unique_ptr<vmsynth::lib::FeedSource> feed;
   std::unique_ptr<vmsynth::lib::FirstByteClock> clock;  // around what the engine reads
   std::thread engine;
@@ -120,7 +122,7 @@ struct vmsynth_synth {
   }
 
   void start_engine() {
-    feed = std::make_unique<vmsynth::lib::FeedSource>(*token);
+    feed = std::make_unique<vmsynth::lib::FeedSource>(token);
     clock = std::make_unique<vmsynth::lib::FirstByteClock>(*feed);
     engine = std::thread([this] {
       try {
@@ -268,15 +270,13 @@ void vmsynth_params_free(vmsynth_params* p) { delete p; }
 
 int vmsynth_synth_open(vmsynth_synth** out, const char* base_dir, const char* out_dir, const vmsynth_params* p) {
   if (out == nullptr) return VMSYNTH_E_USAGE;
-  *out = new (std::nothrow) vmsynth_synth;
+  const vmsynth_params& params = vmsynth::lib::params_or_defaults(p);
+  *out = new (std::nothrow) vmsynth_synth(params.cancel != nullptr ? &params.cancel->token : nullptr);
   vmsynth_synth* s = *out;
   if (s == nullptr) return VMSYNTH_E_INTERNAL;
   try {
-    const vmsynth_params& params = vmsynth::lib::params_or_defaults(p);
-    s->requestable = params.cancel != nullptr ? &params.cancel->token : &s->own_token;
-    s->token = s->requestable;
     s->opts = vmsynth::lib::synthesize_options(params, str_arg(base_dir, "base_dir"), str_arg(out_dir, "out_dir"));
-    s->opts.cancel = s->token;
+    s->opts.cancel = &s->token;
     vmsynth::check_synthesize_options(s->opts);
     vmsynth::io::refuse_existing_output(s->opts.out_dir, s->opts.force);
     return VMSYNTH_OK;
@@ -334,7 +334,7 @@ int vmsynth_synth_finish_from(vmsynth_synth* s, const char* source) {
     s->state = vmsynth_synth::State::kFeeding;
     if (s->opts.source_size == 0) s->opts.source_size = vmsynth::io::regular_file_size(spec).value_or(0);
     if (spec != "-" && spec.find("://") == std::string::npos) s->opts.overlay_path = spec;
-    auto src = vmsynth::io::open_source(spec, s->token->stop_check());
+    auto src = vmsynth::io::open_source(spec, s->token.stop_check());
     s->clock = std::make_unique<vmsynth::lib::FirstByteClock>(*src);
     s->stats = vmsynth::synthesize(*s->clock, s->opts);
     s->succeed();
@@ -345,7 +345,7 @@ int vmsynth_synth_finish_from(vmsynth_synth* s, const char* source) {
 }
 
 void vmsynth_synth_cancel(vmsynth_synth* s) {
-  if (s != nullptr) s->requestable->request();
+  if (s != nullptr) s->token.request();
 }
 
 const char* vmsynth_synth_error(const vmsynth_synth* s) { return s != nullptr ? s->error.c_str() : ""; }

@@ -134,7 +134,9 @@ VMSYNTH_API int vmsynth_params_set_phase_progress(vmsynth_params *p,
                                                              uint64_t total),
                                                   void *ctx);
 /* Operations given p stop when c is requested. Borrowed: c must outlive
- * every operation started with p. NULL: none (a handle still has its own). */
+ * every operation started with p. NULL: none. A synthesis handle opened
+ * with p follows c and still has its own token: vmsynth_synth_cancel stops
+ * that handle only. */
 VMSYNTH_API int vmsynth_params_set_cancel(vmsynth_params *p, vmsynth_cancel *c);
 VMSYNTH_API void vmsynth_params_free(vmsynth_params *p);
 
