@@ -24,7 +24,8 @@ leaves the default); the library rejects an unknown name or a bad value with
 UsageError. Three more keywords are Python's:
     progress=callable(done, total)  bytes done out of total (0 = unknown), called
         from a library thread (never two calls at once). If it raises, the
-        operation is cancelled (through its cancel= token, if it has one) and
+        operation is cancelled (a Synthesizer alone; a one-call operation given
+        cancel= through that token, which stops its other operations too) and
         the exception is raised by the call that was running, or by a
         Synthesizer's next feed or finish, chained to the library's Cancelled
         when that call saw it (the callback runs on the engine's thread, so a

@@ -429,8 +429,6 @@ def test_cancel_token_stops_a_synthesizer(data, tmp_path):
     assert_nothing_at(out)
 
 
-@pytest.mark.xfail(strict=True, reason="libvmsynth: vmsynth_synth_cancel requests the params' shared token "
-                   "instead of the handle's own, so it cancels every operation given that token")
 def test_cancelling_one_handle_leaves_others_on_the_same_token(data, tmp_path):
     # vmsynth.h: a token given through the params stops every operation given it; a handle "still
     # has its own", which vmsynth_synth_cancel requests ("Stops the synthesis").
@@ -448,6 +446,24 @@ def test_cancelling_one_handle_leaves_others_on_the_same_token(data, tmp_path):
         a.close()
         b.close()
     assert not token.requested
+    assert_nothing_at(tmp_path / "a")
+    assert_same_vm(tmp_path / "b", data.launch)
+
+
+def test_requesting_a_shared_token_stops_every_synthesizer_given_it(data, tmp_path):
+    token = vmsynth.CancelToken()
+    blob = data.overlay_bytes()
+    handles = [vmsynth.Synthesizer(data.base, tmp_path / name, cancel=token) for name in ("a", "b")]
+    for s in handles:
+        s.feed(blob[:1000])
+    token.request()
+    for s in handles:
+        with pytest.raises(vmsynth.Cancelled):
+            s.feed(blob[1000:])
+            s.finish()
+        s.close()
+    assert_nothing_at(tmp_path / "a")
+    assert_nothing_at(tmp_path / "b")
 
 
 # ---- the context manager ----------------------------------------------------
