@@ -23,6 +23,7 @@ size_t ByteSource::read_some(std::span<std::byte> buf) {
   if (buf.empty()) return 0;
   try {
     size_t n = read_raw(buf);
+    if (n > 0 && bytes_read_ == 0) first_byte_at_ = std::chrono::steady_clock::now();
     bytes_read_ += n;
     return n;
   } catch (Error& e) {

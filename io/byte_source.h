@@ -20,6 +20,7 @@
 // Thread safety: none; one reader at a time. Distinct sources are independent.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -54,6 +55,10 @@ class ByteSource {
   // Bytes returned so far by read_some/read_full (the current stream offset).
   uint64_t bytes_read() const { return bytes_read_; }
 
+  // When the first byte was returned (nothing before that): the start of the
+  // wait that a launch is measured from.
+  std::optional<std::chrono::steady_clock::time_point> first_byte_at() const { return first_byte_at_; }
+
  protected:
   ByteSource() = default;
   // One read of up to buf.size() bytes (buf is never empty); 0 = end of stream.
@@ -61,6 +66,7 @@ class ByteSource {
 
  private:
   uint64_t bytes_read_ = 0;
+  std::optional<std::chrono::steady_clock::time_point> first_byte_at_;
 };
 
 // How a wait for input (a pipe, a socket, a connection to accept) can be

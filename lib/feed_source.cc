@@ -65,17 +65,4 @@ size_t FeedSource::read_raw(std::span<std::byte> buf) {
   return n;
 }
 
-size_t FirstByteClock::read_raw(std::span<std::byte> buf) {
-  const size_t n = inner_.read_some(buf);
-  if (n > 0 && !seen_) {
-    first_ = Clock::now();
-    seen_ = true;
-  }
-  return n;
-}
-
-double FirstByteClock::seconds_since_first_byte() const {
-  return seen_ ? std::chrono::duration<double>(Clock::now() - first_).count() : 0.0;
-}
-
 }  // namespace vmsynth::lib

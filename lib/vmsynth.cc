@@ -4,6 +4,7 @@
 #include "vmsynth/vmsynth.h"
 
 #include <atomic>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
@@ -101,7 +102,6 @@ struct vmsynth_synth {
   // one was given (which then stops this synthesis too).
   vmsynth::CancelToken token;
   std::unique_ptr<vmsynth::lib::FeedSource> feed;
-  std::unique_ptr<vmsynth::lib::FirstByteClock> clock;  // around what the engine reads
   std::thread engine;
   std::atomic<bool> engine_ended{false};
   std::exception_ptr engine_error;
@@ -123,10 +123,9 @@ struct vmsynth_synth {
 
   void start_engine() {
     feed = std::make_unique<vmsynth::lib::FeedSource>(token);
-    clock = std::make_unique<vmsynth::lib::FirstByteClock>(*feed);
     engine = std::thread([this] {
       try {
-        stats = vmsynth::synthesize(*clock, opts);
+        stats = vmsynth::synthesize(*feed, opts);
       } catch (...) {
         engine_error = std::current_exception();
       }
@@ -149,9 +148,15 @@ struct vmsynth_synth {
     return VMSYNTH_OK;
   }
 
-  void succeed() {
+  // `src`: what the engine read.
+  void succeed(const vmsynth::io::ByteSource& src) {
+    // The last call: every byte of the overlay consumed.
+    vmsynth::report(opts.progress, "finished", stats.overlay_bytes,
+                    opts.source_size != 0 ? opts.source_size : stats.overlay_bytes);
     nlohmann::json j = vmsynth::lib::synthesize_json(stats, opts.out_dir);
-    j["seconds"]["since_first_byte"] = clock->seconds_since_first_byte();
+    const auto first = src.first_byte_at();
+    j["seconds"]["since_first_byte"] =
+        first ? std::chrono::duration<double>(std::chrono::steady_clock::now() - *first).count() : 0.0;
     result = j.dump(2);
     state = State::kFinished;
   }
@@ -233,7 +238,11 @@ int vmsynth_params_set_progress(vmsynth_params* p, void (*fn)(void* ctx, uint64_
   if (p == nullptr) return VMSYNTH_E_USAGE;
   try {
     p->progress = nullptr;
-    if (fn != nullptr) p->progress = [fn, ctx](const vmsynth::Progress& g) { fn(ctx, g.done, g.total); };
+    if (fn != nullptr) {
+      p->progress = [fn, ctx](const vmsynth::Progress& g) {
+        if (g.done != 0 || g.total != 0) fn(ctx, g.done, g.total);  // phases that count something
+      };
+    }
     return VMSYNTH_OK;
   } catch (...) {
     return current_failure().status;
@@ -315,7 +324,7 @@ int vmsynth_synth_finish(vmsynth_synth* s) {
     if (s->state == vmsynth_synth::State::kOpen) s->start_engine();  // nothing fed: the engine says what is missing
     s->feed->close();
     if (int rc = s->join_engine(); rc != VMSYNTH_OK) return rc;
-    s->succeed();
+    s->succeed(*s->feed);
     return VMSYNTH_OK;
   } catch (...) {
     return s->fail();
@@ -335,9 +344,8 @@ int vmsynth_synth_finish_from(vmsynth_synth* s, const char* source) {
     if (s->opts.source_size == 0) s->opts.source_size = vmsynth::io::regular_file_size(spec).value_or(0);
     if (spec != "-" && spec.find("://") == std::string::npos) s->opts.overlay_path = spec;
     auto src = vmsynth::io::open_source(spec, s->token.stop_check());
-    s->clock = std::make_unique<vmsynth::lib::FirstByteClock>(*src);
-    s->stats = vmsynth::synthesize(*s->clock, s->opts);
-    s->succeed();
+    s->stats = vmsynth::synthesize(*src, s->opts);
+    s->succeed(*src);
     return VMSYNTH_OK;
   } catch (...) {
     return s->fail();

@@ -121,13 +121,18 @@ VMSYNTH_API int vmsynth_params_set(vmsynth_params *p, const char *name, const ch
  * it accepts ("" after a success). Owned by p; valid until the next call on p. */
 VMSYNTH_API const char *vmsynth_params_error(const vmsynth_params *p);
 /* Progress of the operation: bytes done out of total (total 0 = unknown).
- * For synthesis, overlay bytes consumed; for creation, image bytes compared
- * and then encoded. Called from a library thread, never two calls at once;
- * keep it short and do not call back into the same handle. NULL fn: none. */
+ * For synthesis, overlay bytes consumed (total: the file's size, or
+ * overlay_size when fed), ending, on success, with a call whose done is every
+ * byte of the overlay; for creation, image bytes compared, then bytes encoded
+ * (done starts again at 0 when total changes). Stretches that count nothing
+ * (checking the base, syncing) make no calls; the phase callback below names
+ * them. Called from a library thread, never two calls at once; keep it short
+ * and do not call back into the same handle. NULL fn: none. */
 VMSYNTH_API int vmsynth_params_set_progress(vmsynth_params *p,
                                             void (*fn)(void *ctx, uint64_t done, uint64_t total), void *ctx);
 /* The same with the phase named ("checking base", "applying", "syncing",
- * ...; lower-case words, valid during the call only). Replaces the callback
+ * "finished", ...; lower-case words, valid during the call only), called
+ * for every phase, each starting with done 0. Replaces the callback
  * set by vmsynth_params_set_progress and the other way round. */
 VMSYNTH_API int vmsynth_params_set_phase_progress(vmsynth_params *p,
                                                   void (*fn)(void *ctx, const char *phase, uint64_t done,

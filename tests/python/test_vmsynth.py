@@ -101,14 +101,13 @@ def test_progress_reports_overlay_bytes(data, tmp_path):
     calls = []
     size = data.overlay.stat().st_size
     vmsynth.synthesize(data.base, data.overlay, tmp_path / "out", progress=lambda d, t: calls.append((d, t)))
-    # While the overlay is applied, done counts its bytes out of its size. The phases before and
-    # after (checking the base, copying it, syncing) report (0, 0): "unknown", not a regression.
-    applying = [d for d, t in calls if t != 0]
-    assert applying, f"progress never reported the overlay's bytes: {calls}"
-    assert all(t in (0, size) for _, t in calls)
-    assert applying == sorted(applying)
-    assert applying[-1] <= size
-    assert applying[-1] >= size - 4096  # all but at most the trailer
+    # done counts the overlay's bytes out of its size, never going back, and the last call has
+    # every byte; the phases that count nothing (checking the base, syncing) make no calls.
+    assert calls, "progress was never reported"
+    assert all(t == size for _, t in calls), calls
+    done = [d for d, _ in calls]
+    assert done == sorted(done)
+    assert calls[-1] == (size, size)
 
 
 def test_phase_progress_names_the_phases(data, tmp_path):
@@ -117,7 +116,8 @@ def test_phase_progress_names_the_phases(data, tmp_path):
     vmsynth.synthesize(data.base, data.overlay, tmp_path / "out",
                        phase_progress=lambda p, d, t: calls.append((p, d, t)))
     phases = [p for p, _, _ in calls]
-    assert "applying" in phases and phases[-1] == "syncing", phases
+    assert "applying" in phases and phases[-2:] == ["syncing", "finished"], phases
+    assert calls[-1] == ("finished", size, size)
     assert all(isinstance(p, str) and p == p.lower() for p in phases)
     assert max(d for p, d, t in calls if p == "applying") <= size
     with pytest.raises(vmsynth.UsageError):
