@@ -110,6 +110,7 @@ VMSYNTH_API void vmsynth_cancel_free(vmsynth_cancel *c);
  *     force           "0" (default) | "1": replace an existing output
  *                     (never an input: an output over an input is refused)
  *
+ * Flags (base_id_cache, force) also take "true" and "false".
  * vmsynth_params_set returns VMSYNTH_E_USAGE for an unknown name or a bad
  * value (and leaves p unchanged; vmsynth_params_error says why); key files are read when an operation
  * starts. Thread-safety: a vmsynth_params may be read by any number of
