@@ -13,21 +13,20 @@
 #include <atomic>
 #include <cctype>
 #include <cerrno>
-#include <csignal>
 #include <chrono>
 #include <condition_variable>
+#include <csignal>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <string>
 #include <thread>
 #include <utility>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "engine/synthesis_test_util.h"
 #include "vmsynth/vmsynth.h"
@@ -228,8 +227,7 @@ TEST(ApiParams, EveryDocumentedNameAndValueIsAccepted) {
       {"clone", {"auto", "reflink", "copy-range", "read-write"}},
       {"write_backend", {"io_uring", "pwrite"}},
       {"queue_depth", {"1", "64", "4096"}},
-      {"memory_budget",
-       {"16777216", "16M", "16384K", "256M", "1G", "1T", "1099511627776", "268435456"}},
+      {"memory_budget", {"16777216", "16M", "16384K", "256M", "1G", "1T", "1099511627776", "268435456"}},
       {"overlay_size", {"0", "1", "123456789"}},
       {"level", {"1", "9", "22", "max"}},
       {"key_file", {"/nonexistent/key", ""}},  // read when an operation starts
@@ -279,7 +277,8 @@ TEST_F(Api, ARefusedValueLeavesTheParamsUnchanged) {
   EXPECT_EQ(vmsynth_params_set(p.get(), "disk_format", "vmdk"), VMSYNTH_E_USAGE);
   std::filesystem::create_directories(out());
   testutil::write_file(out() + "/keep.txt", "x");
-  auto r = call_json([&](char** j) { return vmsynth_synthesize(base().c_str(), overlay_path().c_str(), out().c_str(), p.get(), j); });
+  auto r = call_json(
+      [&](char** j) { return vmsynth_synthesize(base().c_str(), overlay_path().c_str(), out().c_str(), p.get(), j); });
   ASSERT_EQ(r.status, VMSYNTH_OK) << r.json.dump();
   EXPECT_FALSE(std::filesystem::exists(out() + "/keep.txt"));
   EXPECT_TRUE(std::filesystem::exists(out() + "/disk.qcow2"));
@@ -327,8 +326,7 @@ TEST_F(Api, OpenRefusesBadArguments) {
   s.reset(raw);
   EXPECT_EQ(rc, VMSYNTH_E_EXISTS);
   ASSERT_NE(s, nullptr);
-  EXPECT_NE(std::string(vmsynth_synth_error(s.get())).find("force"), std::string::npos)
-      << vmsynth_synth_error(s.get());
+  EXPECT_NE(std::string(vmsynth_synth_error(s.get())).find("force"), std::string::npos) << vmsynth_synth_error(s.get());
   s.reset();
   EXPECT_TRUE(std::filesystem::exists(out() + "/keep.txt"));
 
@@ -465,7 +463,8 @@ TEST_F(Api, RequestedTokenStopsOperationsBeforeTheyStart) {
   });
   EXPECT_EQ(r.status, VMSYNTH_E_CANCELLED) << r.json.dump();
   EXPECT_EQ(leftovers(out("x.vmo")), "");
-  r = call_json([&](char** j) { return vmsynth_synthesize(base().c_str(), overlay_path().c_str(), out().c_str(), p.get(), j); });
+  r = call_json(
+      [&](char** j) { return vmsynth_synthesize(base().c_str(), overlay_path().c_str(), out().c_str(), p.get(), j); });
   EXPECT_EQ(r.status, VMSYNTH_E_CANCELLED) << r.json.dump();
   EXPECT_EQ(r.json["error"].value("code", ""), "interrupted") << r.json.dump();
   EXPECT_EQ(leftovers(out()), "");
@@ -575,7 +574,8 @@ TEST_F(Api, FreeingAnUnfinishedHandleLeavesNothing) {
     vmsynth_synth* raw = nullptr;
     ASSERT_EQ(vmsynth_synth_open(&raw, base().c_str(), out().c_str(), nullptr), VMSYNTH_OK);
     Synth s(raw);
-    if (fed > 0) ASSERT_EQ(vmsynth_synth_feed(s.get(), overlay().data(), fed), VMSYNTH_OK) << vmsynth_synth_error(s.get());
+    if (fed > 0)
+      ASSERT_EQ(vmsynth_synth_feed(s.get(), overlay().data(), fed), VMSYNTH_OK) << vmsynth_synth_error(s.get());
     s.reset();
     EXPECT_EQ(leftovers(out()), "");
   }
@@ -785,9 +785,8 @@ TEST_F(Api, FinishFromAMissingFileIsAnIoErrorNamingIt) {
 TEST_F(Api, OneCallOperationsReturnTheCommandsJson) {
   Params cp = create_params();
   std::string ov = out("new.vmo");
-  auto created = call_json([&](char** j) {
-    return vmsynth_overlay_create(base().c_str(), launch().c_str(), ov.c_str(), cp.get(), j);
-  });
+  auto created = call_json(
+      [&](char** j) { return vmsynth_overlay_create(base().c_str(), launch().c_str(), ov.c_str(), cp.get(), j); });
   ASSERT_EQ(created.status, VMSYNTH_OK) << created.json.dump();
   const uint64_t size = std::filesystem::file_size(ov);
   EXPECT_EQ(created.json.value("ok", false), true);
@@ -812,11 +811,13 @@ TEST_F(Api, OneCallOperationsReturnTheCommandsJson) {
   EXPECT_EQ(id.json.value("base_dir", ""), base());
   const std::string hex = id.json.value("base_id", "");
   EXPECT_EQ(hex.size(), 32u) << hex;
-  EXPECT_TRUE(std::all_of(hex.begin(), hex.end(), [](char ch) { return std::isxdigit(static_cast<unsigned char>(ch)); }))
-      << hex;
+  EXPECT_TRUE(std::all_of(hex.begin(), hex.end(), [](char ch) {
+    return std::isxdigit(static_cast<unsigned char>(ch));
+  })) << hex;
   EXPECT_EQ(hex, created.json.value("base_id", ""));
 
-  auto synth = call_json([&](char** j) { return vmsynth_synthesize(base().c_str(), ov.c_str(), out().c_str(), nullptr, j); });
+  auto synth =
+      call_json([&](char** j) { return vmsynth_synthesize(base().c_str(), ov.c_str(), out().c_str(), nullptr, j); });
   ASSERT_EQ(synth.status, VMSYNTH_OK) << synth.json.dump();
   EXPECT_EQ(synth.json.value("ok", false), true);
   EXPECT_EQ(synth.json.value("out", ""), out());
@@ -839,14 +840,18 @@ TEST_F(Api, OneCallFailuresAreJsonErrors) {
   testutil::write_file(dir_ / "text.vmo", testutil::text_bytes(1000, 5));
   const std::string text = dir_ / "text.vmo", missing = dir_ / "missing.vmo";
   const std::vector<Case> cases = {
-      {"not an overlay", [&](char** j) { return vmsynth_synthesize(base().c_str(), text.c_str(), out().c_str(), nullptr, j); },
+      {"not an overlay",
+       [&](char** j) { return vmsynth_synthesize(base().c_str(), text.c_str(), out().c_str(), nullptr, j); },
        VMSYNTH_E_CORRUPT, "not a vmsynth overlay"},
       {"info of not an overlay", [&](char** j) { return vmsynth_overlay_info(text.c_str(), nullptr, j); },
        VMSYNTH_E_CORRUPT, "not a vmsynth overlay"},
-      {"missing overlay", [&](char** j) { return vmsynth_synthesize(base().c_str(), missing.c_str(), out().c_str(), nullptr, j); },
+      {"missing overlay",
+       [&](char** j) { return vmsynth_synthesize(base().c_str(), missing.c_str(), out().c_str(), nullptr, j); },
        VMSYNTH_E_IO, "missing.vmo"},
       {"create over an existing file",
-       [&](char** j) { return vmsynth_overlay_create(base().c_str(), launch().c_str(), overlay_path().c_str(), nullptr, j); },
+       [&](char** j) {
+         return vmsynth_overlay_create(base().c_str(), launch().c_str(), overlay_path().c_str(), nullptr, j);
+       },
        VMSYNTH_E_EXISTS, "force"},
       {"base id of a missing directory",
        [&](char** j) { return vmsynth_base_id((dir_ / "nobase").c_str(), nullptr, j); }, -1, "nobase"},
@@ -948,7 +953,8 @@ TEST_F(Api, PhaseProgressNamesPhasesAndReplacesThePlainCallback) {
   Params p = new_params();
   ASSERT_EQ(vmsynth_params_set_progress(p.get(), ProgressLog::on_progress, &plain), VMSYNTH_OK);
   ASSERT_EQ(vmsynth_params_set_phase_progress(p.get(), ProgressLog::on_phase, &phased), VMSYNTH_OK);
-  auto r = call_json([&](char** j) { return vmsynth_synthesize(base().c_str(), overlay_path().c_str(), out().c_str(), p.get(), j); });
+  auto r = call_json(
+      [&](char** j) { return vmsynth_synthesize(base().c_str(), overlay_path().c_str(), out().c_str(), p.get(), j); });
   ASSERT_EQ(r.status, VMSYNTH_OK) << r.json.dump();
   EXPECT_TRUE(plain.calls.empty()) << "the replaced callback was called";
   std::lock_guard l(phased.mu);

@@ -33,7 +33,6 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
 #include <vmsynth/vmsynth.h>
 
 /* ---- Reporting ---------------------------------------------------------- */
@@ -42,7 +41,7 @@ static pthread_mutex_t g_report_mu = PTHREAD_MUTEX_INITIALIZER;
 static int g_failures;
 static int g_checks;
 
-static void fail_at(int line, const char *fmt, ...) {
+static void fail_at(int line, const char* fmt, ...) {
   va_list ap;
   pthread_mutex_lock(&g_report_mu);
   ++g_failures;
@@ -61,13 +60,13 @@ static void count_check(void) {
 }
 
 /* CHECK(condition, printf-format, ...): records a failure, goes on. */
-#define CHECK(cond, ...)                          \
-  do {                                            \
-    count_check();                                \
-    if (!(cond)) fail_at(__LINE__, __VA_ARGS__);  \
+#define CHECK(cond, ...)                         \
+  do {                                           \
+    count_check();                               \
+    if (!(cond)) fail_at(__LINE__, __VA_ARGS__); \
   } while (0)
 
-static void die(const char *fmt, ...) {
+static void die(const char* fmt, ...) {
   va_list ap;
   fprintf(stderr, "consumer: ERROR: ");
   va_start(ap, fmt);
@@ -80,19 +79,19 @@ static void die(const char *fmt, ...) {
 /* ---- Files -------------------------------------------------------------- */
 
 struct buf {
-  unsigned char *p;
+  unsigned char* p;
   size_t n;
 };
 
-static void buf_free(struct buf *b) {
+static void buf_free(struct buf* b) {
   free(b->p);
   b->p = NULL;
   b->n = 0;
 }
 
 /* 0 and the whole file in *b, or -1 (errno set) if it cannot be read. */
-static int read_whole(const char *path, struct buf *b) {
-  FILE *f = fopen(path, "rb");
+static int read_whole(const char* path, struct buf* b) {
+  FILE* f = fopen(path, "rb");
   long size;
   b->p = NULL;
   b->n = 0;
@@ -113,43 +112,43 @@ static int read_whole(const char *path, struct buf *b) {
   return 0;
 }
 
-static void write_whole(const char *path, const unsigned char *p, size_t n) {
-  FILE *f = fopen(path, "wb");
+static void write_whole(const char* path, const unsigned char* p, size_t n) {
+  FILE* f = fopen(path, "wb");
   if (f == NULL || fwrite(p, 1, n, f) != n || fclose(f) != 0) die("cannot write %s: %s", path, strerror(errno));
 }
 
-static void read_or_die(const char *path, struct buf *b) {
+static void read_or_die(const char* path, struct buf* b) {
   if (read_whole(path, b) != 0) die("cannot read %s: %s", path, strerror(errno));
 }
 
-static int path_exists(const char *path) {
+static int path_exists(const char* path) {
   struct stat st;
   return lstat(path, &st) == 0;
 }
 
-static void join_path(char *out, size_t size, const char *a, const char *b) {
+static void join_path(char* out, size_t size, const char* a, const char* b) {
   if ((size_t)snprintf(out, size, "%s/%s", a, b) >= size) die("path too long: %s/%s", a, b);
 }
 
-static int remove_entry(const char *path, const struct stat *st, int type, struct FTW *ftw) {
+static int remove_entry(const char* path, const struct stat* st, int type, struct FTW* ftw) {
   (void)st;
   (void)type;
   (void)ftw;
   return remove(path);
 }
 
-static void remove_tree(const char *path) {
+static void remove_tree(const char* path) {
   if (path_exists(path) && nftw(path, remove_entry, 16, FTW_DEPTH | FTW_PHYS) != 0)
     die("cannot remove %s: %s", path, strerror(errno));
 }
 
 /* The files a VM directory may hold, compared by the checks. */
-static const char *const kVmFiles[] = {"memory.img", "disk.img", "devstate.bin", "vm.json"};
+static const char* const kVmFiles[] = {"memory.img", "disk.img", "devstate.bin", "vm.json"};
 #define VM_FILE_COUNT (sizeof kVmFiles / sizeof kVmFiles[0])
 
 /* 1 if the VM directories hold the same files with the same bytes; else
  * reports (under `what`) the first difference and returns 0. */
-static int same_vm(const char *what, const char *got_dir, const char *want_dir) {
+static int same_vm(const char* what, const char* got_dir, const char* want_dir) {
   size_t i;
   for (i = 0; i < VM_FILE_COUNT; ++i) {
     char got_path[4096], want_path[4096];
@@ -170,8 +169,8 @@ static int same_vm(const char *what, const char *got_dir, const char *want_dir) 
       size_t n = got.n < want.n ? got.n : want.n, at = 0;
       while (at < n && got.p[at] == want.p[at]) ++at;
       if (got.n != want.n || at != n) {
-        fail_at(__LINE__, "%s: %s differs from the launch VM's (%zu vs %zu bytes, first difference at byte %zu)",
-                what, got_path, got.n, want.n, at);
+        fail_at(__LINE__, "%s: %s differs from the launch VM's (%zu vs %zu bytes, first difference at byte %zu)", what,
+                got_path, got.n, want.n, at);
         buf_free(&got);
         buf_free(&want);
         return 0;
@@ -186,13 +185,13 @@ static int same_vm(const char *what, const char *got_dir, const char *want_dir) 
 
 /* 1 if nothing is at out_dir and no staging entry (".<basename>...") is in
  * its parent; else reports what is left and returns 0. */
-static int nothing_left(const char *what, const char *out_dir) {
+static int nothing_left(const char* what, const char* out_dir) {
   char parent[4096];
-  const char *slash = strrchr(out_dir, '/');
-  const char *name = slash ? slash + 1 : out_dir;
+  const char* slash = strrchr(out_dir, '/');
+  const char* name = slash ? slash + 1 : out_dir;
   size_t name_len = strlen(name);
-  DIR *d;
-  struct dirent *e;
+  DIR* d;
+  struct dirent* e;
   int clean = 1;
   if (path_exists(out_dir)) {
     fail_at(__LINE__, "%s: %s exists", what, out_dir);
@@ -221,7 +220,7 @@ static int nothing_left(const char *what, const char *out_dir) {
 
 /* A cheap fingerprint of a VM directory's files (FNV-1a), to show that the
  * base was not changed. */
-static uint64_t vm_fingerprint(const char *dir) {
+static uint64_t vm_fingerprint(const char* dir) {
   uint64_t h = 1469598103934665603ull;
   size_t i, j;
   for (i = 0; i < VM_FILE_COUNT; ++i) {
@@ -239,7 +238,7 @@ static uint64_t vm_fingerprint(const char *dir) {
 /* ---- Chunked feeding ---------------------------------------------------- */
 
 /* xorshift64*: per-feeder random chunk sizes, reproducible from the seed. */
-static uint64_t next_random(uint64_t *state) {
+static uint64_t next_random(uint64_t* state) {
   uint64_t x = *state;
   x ^= x >> 12;
   x ^= x << 25;
@@ -253,7 +252,7 @@ static uint64_t next_random(uint64_t *state) {
 /* The size of the k-th chunk: 1 byte first, then 1 MiB, then sizes spread
  * evenly over the orders of magnitude from 1 byte to 1 MiB (a uniform size
  * would almost never be small). */
-static size_t chunk_size(uint64_t *state, size_t k) {
+static size_t chunk_size(uint64_t* state, size_t k) {
   unsigned bits;
   size_t n;
   if (k == 0) return 1;
@@ -264,17 +263,17 @@ static size_t chunk_size(uint64_t *state, size_t k) {
 }
 
 struct outcome {
-  int status;          /* of finish (or of open when it failed) */
-  int feed_status;     /* the first non-OK feed status, else OK */
-  char message[1024];  /* vmsynth_synth_error after the failure */
+  int status;         /* of finish (or of open when it failed) */
+  int feed_status;    /* the first non-OK feed status, else OK */
+  char message[1024]; /* vmsynth_synth_error after the failure */
 };
 
 /* Opens a handle, feeds `len` bytes of `data` in random chunks (seed), and
  * finishes; after a failed feed calls finish anyway and checks that it
  * repeats the failure (sticky status). */
-static void synth_fed(const char *base, const char *out, const vmsynth_params *p, const unsigned char *data,
-                      size_t len, uint64_t seed, struct outcome *o) {
-  vmsynth_synth *s = NULL;
+static void synth_fed(const char* base, const char* out, const vmsynth_params* p, const unsigned char* data, size_t len,
+                      uint64_t seed, struct outcome* o) {
+  vmsynth_synth* s = NULL;
   uint64_t state = seed * 0x9E3779B97F4A7C15ull + 1;
   size_t at = 0, k = 0;
   o->feed_status = VMSYNTH_OK;
@@ -299,11 +298,11 @@ static void synth_fed(const char *base, const char *out, const vmsynth_params *p
   o->status = vmsynth_synth_finish(s);
   snprintf(o->message, sizeof o->message, "%s", vmsynth_synth_error(s));
   if (o->feed_status != VMSYNTH_OK) {
-    CHECK(o->status == o->feed_status, "%s: feed failed with %d but the finish after it returned %d (not sticky)",
-          out, o->feed_status, o->status);
+    CHECK(o->status == o->feed_status, "%s: feed failed with %d but the finish after it returned %d (not sticky)", out,
+          o->feed_status, o->status);
   }
   if (o->status == VMSYNTH_OK) {
-    char *json = NULL;
+    char* json = NULL;
     int rc = vmsynth_synth_stats_json(s, &json);
     CHECK(rc == VMSYNTH_OK && json != NULL && strstr(json, "\"ok\"") != NULL,
           "%s: vmsynth_synth_stats_json after a successful finish returned %d, %s", out, rc, json ? json : "NULL");
@@ -317,23 +316,23 @@ static void synth_fed(const char *base, const char *out, const vmsynth_params *p
 /* ---- The checks --------------------------------------------------------- */
 
 struct setup {
-  const char *work;
-  const char *base;
-  const char *launch;
-  const char *overlay_path;
+  const char* work;
+  const char* base;
+  const char* launch;
+  const char* overlay_path;
   struct buf overlay;
 };
 
 static void check_version(void) {
   CHECK(vmsynth_version_number() == VMSYNTH_VERSION_NUMBER, "vmsynth_version_number() is %u, the header says %d",
         vmsynth_version_number(), VMSYNTH_VERSION_NUMBER);
-  CHECK(strcmp(vmsynth_version_string(), VMSYNTH_VERSION_STRING) == 0, "vmsynth_version_string() is \"%s\", the header says \"%s\"",
-        vmsynth_version_string(), VMSYNTH_VERSION_STRING);
+  CHECK(strcmp(vmsynth_version_string(), VMSYNTH_VERSION_STRING) == 0,
+        "vmsynth_version_string() is \"%s\", the header says \"%s\"", vmsynth_version_string(), VMSYNTH_VERSION_STRING);
   CHECK(strcmp(vmsynth_status_name(VMSYNTH_E_CANCELLED), "interrupted") == 0, "vmsynth_status_name(9) is \"%s\"",
         vmsynth_status_name(VMSYNTH_E_CANCELLED));
 }
 
-static void check_chunked_feed(const struct setup *su) {
+static void check_chunked_feed(const struct setup* su) {
   char out[4096];
   struct outcome o;
   uint64_t seed;
@@ -347,15 +346,15 @@ static void check_chunked_feed(const struct setup *su) {
 }
 
 struct concurrent_job {
-  const struct setup *su;
+  const struct setup* su;
   char out[4096];
   uint64_t seed;
   struct outcome o;
 };
 
-static void *concurrent_main(void *arg) {
-  struct concurrent_job *j = arg;
-  vmsynth_params *p = vmsynth_params_new();
+static void* concurrent_main(void* arg) {
+  struct concurrent_job* j = arg;
+  vmsynth_params* p = vmsynth_params_new();
   if (p == NULL || vmsynth_params_set(p, "threads", "2") != VMSYNTH_OK) {
     j->o.status = -1;
     snprintf(j->o.message, sizeof j->o.message, "vmsynth_params_new/set failed");
@@ -366,7 +365,7 @@ static void *concurrent_main(void *arg) {
   return NULL;
 }
 
-static void check_concurrent(const struct setup *su) {
+static void check_concurrent(const struct setup* su) {
   enum { kJobs = 8 };
   struct concurrent_job jobs[kJobs];
   pthread_t threads[kJobs];
@@ -388,15 +387,15 @@ static void check_concurrent(const struct setup *su) {
 
 /* The canceller thread: waits until the feeder is half way, cancels. */
 struct canceller {
-  vmsynth_synth *s;
+  vmsynth_synth* s;
   pthread_mutex_t mu;
   pthread_cond_t cv;
   int go;        /* set by the feeder */
   int cancelled; /* set once vmsynth_synth_cancel returned */
 };
 
-static void *canceller_main(void *arg) {
-  struct canceller *c = arg;
+static void* canceller_main(void* arg) {
+  struct canceller* c = arg;
   pthread_mutex_lock(&c->mu);
   while (!c->go) pthread_cond_wait(&c->cv, &c->mu);
   pthread_mutex_unlock(&c->mu);
@@ -407,7 +406,7 @@ static void *canceller_main(void *arg) {
   return NULL;
 }
 
-static void check_cancel_mid_stream(const struct setup *su) {
+static void check_cancel_mid_stream(const struct setup* su) {
   char out[4096];
   struct canceller c;
   pthread_t t;
@@ -467,9 +466,9 @@ static void check_cancel_mid_stream(const struct setup *su) {
   pthread_cond_destroy(&c.cv);
 }
 
-static void check_free_unfinished(const struct setup *su) {
+static void check_free_unfinished(const struct setup* su) {
   char out[4096];
-  vmsynth_synth *s = NULL;
+  vmsynth_synth* s = NULL;
   int rc;
   snprintf(out, sizeof out, "%s/unfinished", su->work);
   rc = vmsynth_synth_open(&s, su->base, out, NULL);
@@ -490,8 +489,8 @@ static void check_free_unfinished(const struct setup *su) {
 
 /* ---- Bad inputs (tests/cli/bad_input_test.cc) --------------------------- */
 
-static uint16_t le16(const unsigned char *p) { return (uint16_t)(p[0] | p[1] << 8); }
-static uint32_t le32(const unsigned char *p) {
+static uint16_t le16(const unsigned char* p) { return (uint16_t)(p[0] | p[1] << 8); }
+static uint32_t le32(const unsigned char* p) {
   return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
@@ -503,10 +502,10 @@ static uint32_t le32(const unsigned char *p) {
 
 /* The offset of the first blocks frame (with a payload if want_payload),
  * its stored table and payload sizes. */
-static size_t find_blocks_frame(const struct buf *ov, int want_payload, uint32_t *table, uint32_t *payload) {
+static size_t find_blocks_frame(const struct buf* ov, int want_payload, uint32_t* table, uint32_t* payload) {
   size_t at = FILE_HEADER_SIZE;
   while (at + FRAME_HEADER_SIZE <= ov->n) {
-    const unsigned char *h = ov->p + at;
+    const unsigned char* h = ov->p + at;
     *table = le32(h + 16);
     *payload = le32(h + 24);
     if (le16(h + 4) == FRAME_TYPE_BLOCKS && (!want_payload || *payload > 0)) return at;
@@ -518,7 +517,7 @@ static size_t find_blocks_frame(const struct buf *ov, int want_payload, uint32_t
 
 /* A copy of the good overlay with its first n bytes, one byte XORed at `flip`
  * (if flip < n). */
-static struct buf damaged(const struct buf *good, size_t n, size_t flip, unsigned char mask) {
+static struct buf damaged(const struct buf* good, size_t n, size_t flip, unsigned char mask) {
   struct buf b;
   b.n = n;
   b.p = malloc(n ? n : 1);
@@ -529,12 +528,12 @@ static struct buf damaged(const struct buf *good, size_t n, size_t flip, unsigne
 }
 
 /* 1 if the JSON text has "key": "value" (any spacing). */
-static int json_has(const char *json, const char *key, const char *value) {
+static int json_has(const char* json, const char* key, const char* value) {
   char quoted[256];
-  const char *at = json;
+  const char* at = json;
   snprintf(quoted, sizeof quoted, "\"%s\"", key);
   while ((at = strstr(at, quoted)) != NULL) {
-    const char *v = at + strlen(quoted);
+    const char* v = at + strlen(quoted);
     while (*v == ' ' || *v == '\n' || *v == '\t' || *v == '\r') ++v;
     if (*v == ':') {
       ++v;
@@ -547,22 +546,22 @@ static int json_has(const char *json, const char *key, const char *value) {
 }
 
 struct bad_case {
-  const char *name;
-  const char *base; /* NULL: the good base */
+  const char* name;
+  const char* base; /* NULL: the good base */
   struct buf overlay;
-  const char *disk_format; /* NULL: default */
+  const char* disk_format; /* NULL: default */
   int status;
-  const char *needle;
+  const char* needle;
 };
 
 /* Synthesizes a bad case through a handle and through vmsynth_synthesize;
  * both must fail with its status, name it in words, and leave nothing. */
-static void expect_failure(const struct setup *su, const struct bad_case *bc) {
+static void expect_failure(const struct setup* su, const struct bad_case* bc) {
   char out[4096], path[4096];
   struct outcome o;
-  vmsynth_params *p = vmsynth_params_new();
-  const char *base = bc->base ? bc->base : su->base;
-  char *json = NULL;
+  vmsynth_params* p = vmsynth_params_new();
+  const char* base = bc->base ? bc->base : su->base;
+  char* json = NULL;
   int rc;
   if (p == NULL) die("vmsynth_params_new failed");
   if (bc->disk_format != NULL) {
@@ -593,7 +592,7 @@ static void expect_failure(const struct setup *su, const struct bad_case *bc) {
 }
 
 /* A VM directory with random images of the given sizes. */
-static void make_random_vm(const char *dir, size_t memory, size_t disk, uint64_t seed) {
+static void make_random_vm(const char* dir, size_t memory, size_t disk, uint64_t seed) {
   char path[4096];
   struct buf b;
   size_t i;
@@ -611,7 +610,7 @@ static void make_random_vm(const char *dir, size_t memory, size_t disk, uint64_t
 }
 
 /* A copy of a VM directory with byte `at` of memory.img flipped. */
-static void make_altered_copy(const char *dir, const char *from, size_t at) {
+static void make_altered_copy(const char* dir, const char* from, size_t at) {
   size_t i;
   if (mkdir(dir, 0755) != 0) die("cannot create %s: %s", dir, strerror(errno));
   for (i = 0; i < VM_FILE_COUNT; ++i) {
@@ -629,15 +628,15 @@ static void make_altered_copy(const char *dir, const char *from, size_t at) {
   }
 }
 
-static void check_bad_inputs(const struct setup *su) {
-  const struct buf *g = &su->overlay;
+static void check_bad_inputs(const struct setup* su) {
+  const struct buf* g = &su->overlay;
   char other[4096], same_size[4096], out[4096], keep[4096], path[4096];
   struct bad_case cases[16];
   size_t count = 0, i, at;
   uint32_t table, payload;
   uint64_t base_before = vm_fingerprint(su->base);
   struct buf text;
-  const char *words[] = {"synthesis ", "cloudlet ", "overlay ", "memory ", "disk ", "launch "};
+  const char* words[] = {"synthesis ", "cloudlet ", "overlay ", "memory ", "disk ", "launch "};
   uint64_t state = 5;
 
   snprintf(other, sizeof other, "%s/other-base", su->work);
@@ -647,14 +646,14 @@ static void check_bad_inputs(const struct setup *su) {
 
   memset(cases, 0, sizeof cases);
 #define ADD_CASE(NAME, BASE, BUF, FORMAT, STATUS, NEEDLE) \
-  do {                                                   \
-    cases[count].name = NAME;                            \
-    cases[count].base = BASE;                            \
-    cases[count].overlay = BUF;                          \
-    cases[count].disk_format = FORMAT;                   \
-    cases[count].status = STATUS;                        \
-    cases[count].needle = NEEDLE;                        \
-    ++count;                                             \
+  do {                                                    \
+    cases[count].name = NAME;                             \
+    cases[count].base = BASE;                             \
+    cases[count].overlay = BUF;                           \
+    cases[count].disk_format = FORMAT;                    \
+    cases[count].status = STATUS;                         \
+    cases[count].needle = NEEDLE;                         \
+    ++count;                                              \
   } while (0)
   ADD_CASE("TruncatedOverlay", NULL, damaged(g, g->n / 2, g->n, 0), NULL, VMSYNTH_E_CORRUPT, "truncated");
   ADD_CASE("TruncatedAtTheEndFrame", NULL, damaged(g, g->n - FRAME_HEADER_SIZE - TRAILER_SIZE, g->n, 0), NULL,
@@ -684,7 +683,7 @@ static void check_bad_inputs(const struct setup *su) {
   text.p = malloc(text.n + 16);
   if (text.p == NULL) die("out of memory");
   for (i = 0; i < text.n;) {
-    const char *w = words[next_random(&state) % 6];
+    const char* w = words[next_random(&state) % 6];
     size_t len = strlen(w);
     memcpy(text.p + i, w, len);
     i += len;
@@ -700,7 +699,7 @@ static void check_bad_inputs(const struct setup *su) {
   /* Bad parameter values (the command line's --disk-format vmdk,
    * --write-backend aio, --level fast) are refused when set. */
   {
-    vmsynth_params *p = vmsynth_params_new();
+    vmsynth_params* p = vmsynth_params_new();
     int rc;
     if (p == NULL) die("vmsynth_params_new failed");
     rc = vmsynth_params_set(p, "disk_format", "vmdk");
@@ -717,10 +716,10 @@ static void check_bad_inputs(const struct setup *su) {
   snprintf(out, sizeof out, "%s/existing", su->work);
   if (mkdir(out, 0755) != 0) die("cannot create %s: %s", out, strerror(errno));
   join_path(keep, sizeof keep, out, "keep.txt");
-  write_whole(keep, (const unsigned char *)"x", 1);
+  write_whole(keep, (const unsigned char*)"x", 1);
   {
     struct outcome o;
-    vmsynth_params *p = vmsynth_params_new();
+    vmsynth_params* p = vmsynth_params_new();
     if (p == NULL) die("vmsynth_params_new failed");
     synth_fed(su->base, out, NULL, g->p, g->n, 3, &o);
     CHECK(o.status == VMSYNTH_E_EXISTS, "ExistingOutput: status %d, want 8: %s", o.status, o.message);
@@ -739,7 +738,7 @@ static void check_bad_inputs(const struct setup *su) {
 
   /* UsageErrors: overlay create over an existing file is E_EXISTS. */
   {
-    char *json = NULL;
+    char* json = NULL;
     int rc = vmsynth_overlay_create(su->base, su->launch, su->overlay_path, NULL, &json);
     CHECK(rc == VMSYNTH_E_EXISTS, "overlay create over an existing file: status %d, want 8: %s", rc,
           json ? json : "NULL");
@@ -753,7 +752,7 @@ static void check_bad_inputs(const struct setup *su) {
   remove_tree(same_size);
 }
 
-int main(int argc, char **argv) {
+int main(int argc, char** argv) {
   struct setup su;
   if (argc != 5) {
     fprintf(stderr, "usage: consumer WORK_DIR BASE_DIR LAUNCH_DIR OVERLAY\n");
