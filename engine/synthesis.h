@@ -31,6 +31,9 @@
 namespace vmsynth {
 
 enum class EngineKind { kSerial, kParallel };
+inline constexpr EnumName<EngineKind> kEngineNames[] = {{EngineKind::kParallel, "parallel"},
+                                                       {EngineKind::kSerial, "serial"}};
+constexpr std::span<const EnumName<EngineKind>> enum_names(EngineKind) { return kEngineNames; }
 
 // The launch disk's output format. kRaw: disk.img, a full copy of the base
 // disk with the overlay's blocks written over it. kQcow2: disk.qcow2, holding

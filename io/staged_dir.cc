@@ -194,6 +194,10 @@ pid_t staging_pid(const std::string& name, const std::string& prefix) {
 
 }  // namespace
 
+void refuse_existing_output(const std::string& final_path, bool force) {
+  if (!force && exists(final_path)) throw_exists(final_path);
+}
+
 namespace {
 
 // Removes the staging entries beside final_path whose pid `remove(pid)` selects.

@@ -78,6 +78,12 @@ class StagedDirectory {
   bool committed_ = false;
 };
 
+// Throws what StagedDirectory and StagedFile throw for an existing output
+// (kExists, "... use --force to replace it") when final_path exists (even as
+// a dangling symlink) and !force: for a caller that wants that answer before
+// it starts the work that ends in staging.
+void refuse_existing_output(const std::string& final_path, bool force);
+
 // StagedFile: one output file built under a temporary sibling name
 // (`.<name>.partial-<pid>-<random>`, the StagedDirectory scheme) and renamed
 // into place by commit() after an fsync, so a half-written output never sits
