@@ -452,6 +452,31 @@ TEST_F(Api, CancelTokenStopsAHandleThatWaitsForInput) {
   EXPECT_EQ(leftovers(out()), "");
 }
 
+// vmsynth_synth_cancel stops its own synthesis only, also when the params gave
+// the handles a shared token ("a handle still has its own"): the other
+// handle on that token finishes, and the token is not requested.
+TEST_F(Api, SynthCancelStopsOnlyItsHandleWhenHandlesShareAToken) {
+  Cancel c(vmsynth_cancel_new());
+  Params p = new_params();
+  ASSERT_EQ(vmsynth_params_set_cancel(p.get(), c.get()), VMSYNTH_OK);
+  vmsynth_synth *raw_a = nullptr, *raw_b = nullptr;
+  ASSERT_EQ(vmsynth_synth_open(&raw_a, base().c_str(), out("a").c_str(), p.get()), VMSYNTH_OK);
+  Synth a(raw_a);
+  ASSERT_EQ(vmsynth_synth_open(&raw_b, base().c_str(), out("b").c_str(), p.get()), VMSYNTH_OK);
+  Synth b(raw_b);
+  ASSERT_EQ(vmsynth_synth_feed(a.get(), overlay().data(), overlay().size() / 2), VMSYNTH_OK);
+  ASSERT_EQ(vmsynth_synth_feed(b.get(), overlay().data(), overlay().size() / 2), VMSYNTH_OK);
+  vmsynth_synth_cancel(a.get());
+  EXPECT_EQ(vmsynth_cancel_requested(c.get()), 0) << "vmsynth_synth_cancel requested the params' shared token";
+  EXPECT_EQ(vmsynth_synth_finish(a.get()), VMSYNTH_E_CANCELLED);
+  const size_t half = overlay().size() / 2;
+  EXPECT_EQ(vmsynth_synth_feed(b.get(), overlay().data() + half, overlay().size() - half), VMSYNTH_OK)
+      << vmsynth_synth_error(b.get());
+  EXPECT_EQ(vmsynth_synth_finish(b.get()), VMSYNTH_OK) << vmsynth_synth_error(b.get());
+  EXPECT_EQ(testutil::vm_dir_difference(out("b"), launch()), "");
+  EXPECT_EQ(leftovers(out("a")), "");
+}
+
 // A token requested before an operation starts stops it before it writes.
 TEST_F(Api, RequestedTokenStopsOperationsBeforeTheyStart) {
   Cancel c(vmsynth_cancel_new());
@@ -473,7 +498,9 @@ TEST_F(Api, RequestedTokenStopsOperationsBeforeTheyStart) {
 // Back-pressure: the engine is held inside its progress callback, so a
 // feeder pushing a large overlay must block in feed (memory stays bounded);
 // a cancel from another thread then makes that blocked feed return
-// E_CANCELLED, and nothing is left.
+// E_CANCELLED, and nothing is left. (If the feeder never returned, the
+// ASSERT would leave it blocked on a handle about to be freed: the guard is
+// 60 s, far above what a working library needs.)
 TEST(ApiBackPressure, CancelFromAnotherThreadWhileFeedIsBlocked) {
   TempDir dir("vmsynth-api-bp");
   PairSpec spec;
@@ -548,18 +575,21 @@ TEST(ApiBackPressure, CancelFromAnotherThreadWhileFeedIsBlocked) {
   }
   EXPECT_LT(fed.load(), overlay.size()) << "feed never blocked while the engine was held: memory is not bounded";
 
+  // Cancel from this thread while the feeder is blocked, then let the engine
+  // go (it may finish its current step before it sees the cancel: feed may
+  // wait for it, so that nothing staged is left when it returns).
   vmsynth_synth_cancel(s.get());
-  bool returned;
-  {
-    std::unique_lock l(done_mu);
-    returned = done_cv.wait_for(l, std::chrono::seconds(30), [&] { return feeder_done; });
-  }
-  EXPECT_TRUE(returned) << "a feed blocked by back-pressure did not return within 30 s of vmsynth_synth_cancel";
   {
     std::lock_guard l(gate.mu);
     gate.release = true;
     gate.cv.notify_all();
   }
+  bool returned;
+  {
+    std::unique_lock l(done_mu);
+    returned = done_cv.wait_for(l, std::chrono::seconds(60), [&] { return feeder_done; });
+  }
+  ASSERT_TRUE(returned) << "a feed blocked by back-pressure did not return within 60 s of vmsynth_synth_cancel";
   feeder.join();
   EXPECT_EQ(feed_rc, VMSYNTH_E_CANCELLED) << vmsynth_synth_error(s.get());
   EXPECT_EQ(vmsynth_synth_finish(s.get()), VMSYNTH_E_CANCELLED);
