@@ -69,7 +69,9 @@ void set(vmsynth_params* p, const char* name, const char* value) {
 // Params for overlay creation: one thread under TSan (see the file comment).
 Params create_params() {
   Params p = new_params();
-  if (testutil::kThreadSanitizer) EXPECT_EQ(vmsynth_params_set(p.get(), "threads", "1"), VMSYNTH_OK);
+  if (testutil::kThreadSanitizer) {
+    EXPECT_EQ(vmsynth_params_set(p.get(), "threads", "1"), VMSYNTH_OK);
+  }
   return p;
 }
 
@@ -111,6 +113,11 @@ std::string leftovers(const std::string& out_dir) {
     found += "staging entry " + n + " left; ";
   }
   return found;
+}
+
+// True if a message names the cause of a cancelled synthesis.
+bool says_cancelled(const std::string& message) {
+  return message.find("cancel") != std::string::npos || message.find("interrupt") != std::string::npos;
 }
 
 // Feeds `data` through the handle in chunks of random size from 1 byte to
@@ -258,7 +265,7 @@ TEST(ApiParams, UnknownNamesAndBadValuesAreUsageErrors) {
       {"overlay_size", {"-1", "abc", ""}},
       {"level", {"0", "23", "fast", "maximum", "-1", ""}},
       {"base_id_cache", {"2", "yes", ""}},
-      {"force", {"2", "true", ""}},
+      {"force", {"2", "yes", ""}},
   };
   Params p = new_params();
   for (const auto& [name, values] : bad) {
@@ -423,8 +430,7 @@ TEST_F(Api, CancelFromAnotherThreadWhileTheEngineWaitsForInput) {
   vmsynth_synth_cancel(s.get());  // idempotent
   EXPECT_EQ(vmsynth_synth_feed(s.get(), overlay().data() + overlay().size() / 2, 4096), VMSYNTH_E_CANCELLED);
   EXPECT_EQ(vmsynth_synth_finish(s.get()), VMSYNTH_E_CANCELLED);
-  EXPECT_NE(std::string(vmsynth_synth_error(s.get())).find("cancel"), std::string::npos)
-      << vmsynth_synth_error(s.get());
+  EXPECT_TRUE(says_cancelled(vmsynth_synth_error(s.get()))) << vmsynth_synth_error(s.get());
   EXPECT_EQ(leftovers(out()), "");
   s.reset();
   EXPECT_EQ(leftovers(out()), "");
@@ -604,8 +610,9 @@ TEST_F(Api, FreeingAnUnfinishedHandleLeavesNothing) {
     vmsynth_synth* raw = nullptr;
     ASSERT_EQ(vmsynth_synth_open(&raw, base().c_str(), out().c_str(), nullptr), VMSYNTH_OK);
     Synth s(raw);
-    if (fed > 0)
+    if (fed > 0) {
       ASSERT_EQ(vmsynth_synth_feed(s.get(), overlay().data(), fed), VMSYNTH_OK) << vmsynth_synth_error(s.get());
+    }
     s.reset();
     EXPECT_EQ(leftovers(out()), "");
   }
@@ -943,7 +950,7 @@ void expect_progress(ProgressLog& log, uint64_t total) {
     EXPECT_EQ(t, total) << "done " << done;
     prev = done;
   }
-  EXPECT_EQ(log.calls.back().first, total) << "the last call is not at the end of the overlay";
+  EXPECT_EQ(log.calls.back().first, total) << "a complete synthesis's progress ends short of its total";
 }
 
 TEST_F(Api, ProgressOfAFedOverlayCountsOverlayBytesOutOfOverlaySize) {

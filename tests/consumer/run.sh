@@ -36,8 +36,8 @@ done
   fail "lib/libvmsynth.so.0 should link to libvmsynth.so.$version, links to '$(readlink "$prefix/lib/libvmsynth.so.0")'"
 soname=$(readelf -d "$prefix/lib/libvmsynth.so.$version" | sed -n 's/.*(SONAME).*\[\(.*\)\].*/\1/p')
 [ "$soname" = libvmsynth.so.0 ] || fail "SONAME is '$soname', not libvmsynth.so.0"
-ls "$prefix"/lib/cmake/vmsynth/*onfig.cmake >/dev/null 2>&1 || fail "no package config in $prefix/lib/cmake/vmsynth/"
-ls "$prefix"/lib/cmake/vmsynth/*onfig[Vv]ersion.cmake "$prefix"/lib/cmake/vmsynth/*-config-version.cmake 2>/dev/null | grep -q . ||
+[ -n "$(find "$prefix/lib/cmake/vmsynth" \( -name vmsynthConfig.cmake -o -name vmsynth-config.cmake \))" ] || fail "no package config in $prefix/lib/cmake/vmsynth/"
+[ -n "$(find "$prefix/lib/cmake/vmsynth" -iname '*config*version.cmake')" ] ||
   fail "no package version file in $prefix/lib/cmake/vmsynth/"
 # Only the public API: no other headers, no static archives.
 extra=$(cd "$prefix" && find include lib -name '*.h' ! -path include/vmsynth/vmsynth.h ! -path include/vmsynth/version.h -o -name '*.a')
@@ -62,24 +62,35 @@ run_consumer() {
   [ -z "$(ls -A "$tmp/work-$name")" ] || fail "$name: the consumer left $(ls -A "$tmp/work-$name")"
 }
 
-step "build with pkg-config"
-export PKG_CONFIG_PATH=$prefix/lib/pkgconfig
-pc_version=$(pkg-config --modversion vmsynth) || fail "pkg-config does not find vmsynth in $PKG_CONFIG_PATH"
-[ "$pc_version" = "$version" ] || fail "vmsynth.pc says version '$pc_version', the project is $version"
-cflags=$(pkg-config --cflags vmsynth) libs=$(pkg-config --libs vmsynth)
-case " $cflags " in *" -I$prefix/include "*) ;; *) fail "pkg-config --cflags is '$cflags', not -I$prefix/include" ;; esac
-case " $libs " in *" -L$prefix/lib "*) ;; *) fail "pkg-config --libs is '$libs', without -L$prefix/lib" ;; esac
-# shellcheck disable=SC2086  # word splitting of the flags is intended
-cc -std=c99 -Wall -Wextra -Werror -o "$tmp/consumer-pkgconfig" "$src/tests/consumer/consumer.c" $cflags $libs -pthread ||
-  fail "the consumer does not build with pkg-config"
-run_consumer pkgconfig "$tmp/consumer-pkgconfig"
+# The two builds are independent: both run, each in a subshell that a
+# `fail` ends, and the script fails if either did.
+with_pkgconfig() {
+  step "build with pkg-config"
+  export PKG_CONFIG_PATH=$prefix/lib/pkgconfig PKG_CONFIG_LIBDIR=$prefix/lib/pkgconfig
+  pc_version=$(pkg-config --modversion vmsynth) || fail "pkg-config does not find vmsynth in $PKG_CONFIG_PATH"
+  [ "$pc_version" = "$version" ] || fail "vmsynth.pc says version '$pc_version', the project is $version"
+  cflags=$(pkg-config --cflags vmsynth) libs=$(pkg-config --libs vmsynth)
+  case " $cflags " in *" -I$prefix/include "*) ;; *) fail "pkg-config --cflags is '$cflags', not -I$prefix/include" ;; esac
+  case " $libs " in *" -L$prefix/lib "*) ;; *) fail "pkg-config --libs is '$libs', without -L$prefix/lib" ;; esac
+  # shellcheck disable=SC2086  # word splitting of the flags is intended
+  cc -std=c99 -Wall -Wextra -Werror -o "$tmp/consumer-pkgconfig" "$src/tests/consumer/consumer.c" $cflags $libs -pthread ||
+    fail "the consumer does not build with pkg-config"
+  run_consumer pkgconfig "$tmp/consumer-pkgconfig"
+}
 
-step "build with find_package(vmsynth)"
-cmake -S "$src/tests/consumer" -B "$tmp/cmake-build" -DCMAKE_PREFIX_PATH="$prefix" -DCMAKE_BUILD_TYPE=Release \
-  -DCMAKE_FIND_USE_PACKAGE_REGISTRY=OFF -DCMAKE_FIND_USE_SYSTEM_PACKAGE_REGISTRY=OFF >"$tmp/cmake.log" ||
-  { cat "$tmp/cmake.log"; fail "the consumer project does not configure against $prefix"; }
-grep -F -q "from $prefix/lib/cmake/vmsynth" "$tmp/cmake.log" ||
-  { cat "$tmp/cmake.log"; fail "find_package(vmsynth) did not find the prefix's package"; }
-cmake --build "$tmp/cmake-build" >"$tmp/build.log" 2>&1 || { cat "$tmp/build.log"; fail "the consumer does not build with find_package"; }
-run_consumer cmake "$tmp/cmake-build/consumer"
+with_find_package() {
+  step "build with find_package(vmsynth)"
+  cmake -S "$src/tests/consumer" -B "$tmp/cmake-build" -DCMAKE_PREFIX_PATH="$prefix" -DCMAKE_BUILD_TYPE=Release \
+    -DCMAKE_FIND_USE_PACKAGE_REGISTRY=OFF -DCMAKE_FIND_USE_SYSTEM_PACKAGE_REGISTRY=OFF >"$tmp/cmake.log" ||
+    { cat "$tmp/cmake.log"; fail "the consumer project does not configure against $prefix"; }
+  grep -F -q "from $prefix/lib/cmake/vmsynth" "$tmp/cmake.log" ||
+    { cat "$tmp/cmake.log"; fail "find_package(vmsynth) did not find the prefix's package"; }
+  cmake --build "$tmp/cmake-build" >"$tmp/build.log" 2>&1 || { cat "$tmp/build.log"; fail "the consumer does not build with find_package"; }
+  run_consumer cmake "$tmp/cmake-build/consumer"
+}
+
+failed=0
+(with_pkgconfig) || failed=1
+(with_find_package) || failed=1
+[ "$failed" = 0 ] || { echo "run.sh: FAILED" >&2; exit 1; }
 echo "run.sh: ok"
