@@ -5,6 +5,7 @@
 #include <atomic>
 
 #include "engine/cancel.h"
+#include "lib/api.h"
 #include "io/staged_dir.h"
 
 namespace vmsynth::cli {
@@ -15,22 +16,23 @@ std::atomic<int> g_signal{0};
 std::string g_output;  // set once by the command, before any worker thread exists
 static_assert(std::atomic<int>::is_always_lock_free);
 
-CancelToken& token() {
-  static CancelToken t;
-  return t;
+vmsynth_cancel& cancel() {
+  static vmsynth_cancel c;
+  return c;
 }
 
 void on_signal(int sig) {  // async-signal-safe: atomic stores and a write(2)
   g_signal.store(sig, std::memory_order_relaxed);
-  token().request();
+  vmsynth_cancel_request(&cancel());
 }
 
 }  // namespace
 
-const CancelToken& interrupt_token() { return token(); }
+vmsynth_cancel* interrupt_cancel() { return &cancel(); }
+const CancelToken& interrupt_token() { return cancel().token; }
 
 void install_interrupt_handlers() {
-  (void)token();  // exists before a handler can want it
+  (void)cancel();  // exists before a handler can want it
   struct sigaction sa {};
   sa.sa_handler = on_signal;
   sigemptyset(&sa.sa_mask);

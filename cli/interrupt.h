@@ -2,8 +2,10 @@
 // synthesize).
 //
 // install_interrupt_handlers() makes SIGINT, SIGTERM and SIGHUP request the
-// command's cancel token, interrupt_token() (engine/cancel.h): the CLI runs
-// one job per process, and that job is given this token. The engine stops at its next chunk or
+// command's cancel token, interrupt_cancel() (a vmsynth_cancel of the public
+// API; interrupt_token() is the same token for jobs that call the engine
+// directly): the CLI runs one job per process, and that job is given this
+// token. The engine stops at its next chunk or
 // frame and throws Error(kInterrupted); the command's usual error path removes
 // what it staged, and main() prints the message and exits 9. SA_RESETHAND: a
 // second signal of the same kind kills the process the default way (its
@@ -14,12 +16,14 @@
 #include <string>
 
 #include "engine/cancel.h"
+#include "vmsynth/vmsynth.h"
 
 namespace vmsynth::cli {
 
 void install_interrupt_handlers();
 
 // The token the handlers request; made before they are installed.
+vmsynth_cancel* interrupt_cancel();
 const CancelToken& interrupt_token();
 
 // The last signal that asked to stop (0 if none); for the exit message.

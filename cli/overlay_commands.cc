@@ -3,6 +3,7 @@
 
 #include <cstdio>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -10,7 +11,9 @@
 #include "cli/commands.h"
 #include "cli/interrupt.h"
 #include "cli/key_options.h"
+#include "cli/library.h"
 #include "cli/progress.h"
+#include "cli/worker_pool.h"
 #include "common/error.h"
 #include "engine/cancel.h"
 #include "engine/overlay_creator.h"
@@ -25,30 +28,13 @@ namespace {
 
 std::string kind_name(unsigned k) { return std::string(format::op_kind_name(static_cast<format::OpKind>(k))); }
 
-nlohmann::json kinds_json(const std::array<uint64_t, format::kOpKindCount>& counts) {
-  nlohmann::json j;
+// One line per op kind from a result's "ops" object ({kind: {count, bytes}}).
+void print_kinds(const nlohmann::json& ops) {
   for (unsigned k = 0; k < format::kOpKindCount; ++k) {
-    j[kind_name(k)] = {{"count", counts[k]}, {"bytes", counts[k] * format::kBlockSize}};
-  }
-  return j;
-}
-
-int parse_level(const std::string& s) {
-  if (s == "max") return kMaxLevel;
-  try {
-    size_t used = 0;
-    int v = std::stoi(s, &used);
-    if (used == s.size() && v >= 1 && v <= kMaxLevel) return v;
-  } catch (const std::exception&) {
-  }
-  throw Error(ErrorCode::kUsage, "--level must be a number from 1 to " + std::to_string(kMaxLevel) + " or 'max', not '" +
-                                     s + "'");
-}
-
-void print_kinds(const std::array<uint64_t, format::kOpKindCount>& counts) {
-  for (unsigned k = 0; k < format::kOpKindCount; ++k) {
-    std::printf("  %-10s %10llu blocks  %12s\n", kind_name(k).c_str(), static_cast<unsigned long long>(counts[k]),
-                human_bytes(counts[k] * format::kBlockSize).c_str());
+    const std::string name = kind_name(k);
+    const auto& c = ops[name];
+    std::printf("  %-10s %10llu blocks  %12s\n", name.c_str(), static_cast<unsigned long long>(c["count"].get<uint64_t>()),
+                human_bytes(c["bytes"].get<uint64_t>()).c_str());
   }
 }
 
@@ -84,48 +70,33 @@ void add_create(CLI::App& overlay) {
     if (args->encrypt && !args->key.given()) {
       throw Error(ErrorCode::kUsage, "--encrypt needs --key-file FILE or --passphrase-file FILE");
     }
-    CreateOptions o;
-    o.key = args->key.load();
-    o.base_dir = args->base;
-    o.launch_dir = args->launch;
-    o.output = args->out;
-    o.level = parse_level(args->level);
-    o.threads = args->threads;
-    o.force = args->force;
+    LibraryParams params;
+    params.set("level", args->level, "--level")
+        .set("threads", std::to_string(args->threads), "--threads")
+        .set("key_file", args->key.key_file, "--key-file")
+        .set("passphrase_file", args->key.passphrase_file, "--passphrase-file")
+        .set("force", args->force ? "1" : "0", "--force");
     note_output(args->out);
-    install_interrupt_handlers();
-    o.cancel = &interrupt_token();
+    params.cancel_on_interrupt();
+    std::optional<WorkerPool> pool;
+    if (args->threads > 0) pool.emplace(args->threads, 0);
     TerminalProgress progress("creating overlay", args->quiet);
-    o.progress = progress.callback();
-    CreateStats s = create_overlay(o);
+    params.progress(progress);
+    char* result = nullptr;
+    const int rc = vmsynth_overlay_create(args->base.c_str(), args->launch.c_str(), args->out.c_str(), params.get(),
+                                          &result);
     progress.finish();
+    const nlohmann::json j = take_result(rc, result);
     if (args->json) {
-      nlohmann::json j = {{"ok", true},
-                          {"overlay", args->out},
-                          {"overlay_bytes", s.overlay_bytes},
-                          {"encrypted", o.key.present()},
-                          {"base_id", s.base_id.hex()},
-                          {"launch_memory_bytes", s.launch_size[0]},
-                          {"launch_disk_bytes", s.launch_size[1]},
-                          {"level", o.level},
-                          {"frames", s.frames},
-                          {"ops", kinds_json(s.kind_count)},
-                          {"payload_raw_bytes", s.payload_raw_bytes},
-                          {"file_bytes", s.file_bytes},
-                          {"seconds",
-                           {{"base_id", s.seconds_base_id},
-                            {"index", s.seconds_index},
-                            {"classify", s.seconds_classify},
-                            {"encode", s.seconds_encode},
-                            {"total", s.seconds_total}}}};
       std::printf("%s\n", j.dump(2).c_str());
     } else {
-      uint64_t launch = s.launch_size[0] + s.launch_size[1];
+      const uint64_t bytes = j["overlay_bytes"].get<uint64_t>();
+      const uint64_t launch = j["launch_memory_bytes"].get<uint64_t>() + j["launch_disk_bytes"].get<uint64_t>();
       std::printf("overlay %s%s: %s (%.2f%% of the launch VM's %s), %llu frames, %.2f s\n", args->out.c_str(),
-                  o.key.present() ? " (encrypted)" : "",
-                  human_bytes(s.overlay_bytes).c_str(), launch ? 100.0 * double(s.overlay_bytes) / double(launch) : 0.0,
-                  human_bytes(launch).c_str(), static_cast<unsigned long long>(s.frames), s.seconds_total);
-      print_kinds(s.kind_count);
+                  j["encrypted"].get<bool>() ? " (encrypted)" : "", human_bytes(bytes).c_str(),
+                  launch ? 100.0 * double(bytes) / double(launch) : 0.0, human_bytes(launch).c_str(),
+                  static_cast<unsigned long long>(j["frames"].get<uint64_t>()), j["seconds"]["total"].get<double>());
+      print_kinds(j["ops"]);
     }
   });
 }
@@ -152,73 +123,47 @@ void add_info(CLI::App& overlay) {
       "\"payloads_checked\" are always false.\n");
   c->add_flag("--json", args->json, "Print the result as JSON");
   c->callback([args] {
-    auto src = io::open_source(args->file);
-    OverlayInfo info = inspect_overlay(*src, args->key.load());
-    const auto& h = info.header;
-    const char* kdf = h.kdf == format::Kdf::kScrypt ? "scrypt" : h.kdf == format::Kdf::kRawKey ? "raw-key" : "none";
+    LibraryParams params;
+    params.set("key_file", args->key.key_file, "--key-file")
+        .set("passphrase_file", args->key.passphrase_file, "--passphrase-file");
+    char* result = nullptr;
+    const int rc = vmsynth_overlay_info(args->file.c_str(), params.get(), &result);
+    const nlohmann::json j = take_result(rc, result);
     if (args->json) {
-      nlohmann::json files = nlohmann::json::array();
-      for (const auto& f : info.files) {
-        files.push_back({{"name", f.name}, {"bytes", f.size}, {"stored_bytes", f.stored}, {"base_delta", f.base_prefix}});
-      }
-      nlohmann::json j = {
-          {"ok", true},
-          {"version", std::to_string(h.version_major) + "." + std::to_string(h.version_minor)},
-          {"base_id", h.base_id.hex()},
-          {"base_memory_bytes", h.base_size[0]},
-          {"base_disk_bytes", h.base_size[1]},
-          {"launch_memory_bytes", h.launch_size[0]},
-          {"launch_disk_bytes", h.launch_size[1]},
-          {"encrypted", h.encrypted()},
-          {"cipher", h.encrypted() ? "aes-256-gcm" : "none"},
-          {"key_derivation", kdf},
-          // Headers, op tables, file records and trailer only (see the footer).
-          {"authenticated", info.headers_authenticated},
-          {"payloads_authenticated", false},
-          {"payloads_checked", false},
-          {"checked", info.checked()},
-          {"not_checked", info.not_checked()},
-          {"tables_decoded", info.tables_decoded},
-          {"overlay_bytes", info.overlay_bytes},
-          {"frames", info.frames},
-          {"block_frames", info.block_frames},
-          {"ops", kinds_json(info.kind_count)},
-          {"ops_memory", kinds_json(info.kind_count_by_image[0])},
-          {"ops_disk", kinds_json(info.kind_count_by_image[1])},
-          {"table_stored_bytes", info.table_stored_bytes},
-          {"payload_raw_bytes", info.payload_raw_bytes},
-          {"payload_stored_bytes", info.payload_stored_bytes},
-          {"files", files}};
       std::printf("%s\n", j.dump(2).c_str());
       return;
     }
-    std::printf("overlay format %u.%u, %s, %llu frames\n", h.version_major, h.version_minor,
-                human_bytes(info.overlay_bytes).c_str(), static_cast<unsigned long long>(info.frames));
-    std::printf("base id   %s (memory %s, disk %s)\n", h.base_id.hex().c_str(), human_bytes(h.base_size[0]).c_str(),
-                human_bytes(h.base_size[1]).c_str());
-    std::printf("launch    memory %s, disk %s\n", human_bytes(h.launch_size[0]).c_str(),
-                human_bytes(h.launch_size[1]).c_str());
-    if (h.encrypted()) {
-      std::string k = kdf;
-      if (h.kdf == format::Kdf::kScrypt) {
-        k += " (N=2^" + std::to_string(h.kdf_log2_n) + ", r=" + std::to_string(h.kdf_r) + ", p=" +
-             std::to_string(h.kdf_p) + ")";
+    auto bytes = [&j](const char* key) { return human_bytes(j[key].get<uint64_t>()); };
+    std::printf("overlay format %s, %s, %llu frames\n", j["version"].get<std::string>().c_str(),
+                bytes("overlay_bytes").c_str(), static_cast<unsigned long long>(j["frames"].get<uint64_t>()));
+    std::printf("base id   %s (memory %s, disk %s)\n", j["base_id"].get<std::string>().c_str(),
+                bytes("base_memory_bytes").c_str(), bytes("base_disk_bytes").c_str());
+    std::printf("launch    memory %s, disk %s\n", bytes("launch_memory_bytes").c_str(),
+                bytes("launch_disk_bytes").c_str());
+    if (j["encrypted"].get<bool>()) {
+      std::string k = j["key_derivation"].get<std::string>();
+      if (j.contains("scrypt")) {
+        const auto& c = j["scrypt"];
+        k += " (N=2^" + std::to_string(c["log2_n"].get<unsigned>()) + ", r=" + std::to_string(c["r"].get<unsigned>()) +
+             ", p=" + std::to_string(c["p"].get<unsigned>()) + ")";
       }
       std::printf("encrypted AES-256-GCM, key from %s; %s\n", k.c_str(),
-                  info.headers_authenticated
+                  j["authenticated"].get<bool>()
                       ? "headers and op tables authenticated with the given key (payloads not)"
                       : "NOT authenticated (no key given): the headers shown are unverified");
     }
     std::printf("ops:\n");
-    print_kinds(info.kind_count);
-    std::printf("payload   %s -> %s stored; op tables %s\n", human_bytes(info.payload_raw_bytes).c_str(),
-                human_bytes(info.payload_stored_bytes).c_str(), human_bytes(info.table_stored_bytes).c_str());
-    for (const auto& f : info.files) {
-      std::printf("file      %s: %s -> %s stored%s\n", f.name.c_str(), human_bytes(f.size).c_str(),
-                  human_bytes(f.stored).c_str(), f.base_prefix ? " (delta against the base's copy)" : "");
+    print_kinds(j["ops"]);
+    std::printf("payload   %s -> %s stored; op tables %s\n", bytes("payload_raw_bytes").c_str(),
+                bytes("payload_stored_bytes").c_str(), bytes("table_stored_bytes").c_str());
+    for (const auto& f : j["files"]) {
+      std::printf("file      %s: %s -> %s stored%s\n", f["name"].get<std::string>().c_str(),
+                  human_bytes(f["bytes"].get<uint64_t>()).c_str(), human_bytes(f["stored_bytes"].get<uint64_t>()).c_str(),
+                  f["base_delta"].get<bool>() ? " (delta against the base's copy)" : "");
     }
-    std::printf("checked:     %s\n", info.checked().c_str());
-    std::printf("not checked: %s; run 'vmsynth overlay verify' to check them\n", info.not_checked().c_str());
+    std::printf("checked:     %s\n", j["checked"].get<std::string>().c_str());
+    std::printf("not checked: %s; run 'vmsynth overlay verify' to check them\n",
+                j["not_checked"].get<std::string>().c_str());
   });
 }
 

@@ -11,40 +11,17 @@
 #include "cli/commands.h"
 #include "cli/interrupt.h"
 #include "cli/key_options.h"
+#include "cli/library.h"
 #include "cli/progress.h"
+#include "cli/worker_pool.h"
 #include "common/enum_names.h"
 #include "common/error.h"
-#include "engine/cancel.h"
 #include "engine/synthesis.h"
 #include "engine/threads.h"
-#include "io/byte_source.h"
 #include "vm/vm_control.h"
 
 namespace vmsynth::cli {
 
-namespace {
-
-// Passes reads through and notes when the first overlay byte arrived, the
-// start of the user's wait that `--launch` reports.
-class FirstByteClock : public io::ByteSource {
- public:
-  using Clock = std::chrono::steady_clock;
-  explicit FirstByteClock(std::unique_ptr<io::ByteSource> inner) : inner_(std::move(inner)) {}
-  std::string describe() const override { return inner_->describe(); }
-  std::optional<Clock::time_point> first_byte() const { return first_; }
-
- protected:
-  size_t read_raw(std::span<std::byte> buf) override {
-    size_t n = inner_->read_some(buf);
-    if (n > 0 && !first_) first_ = Clock::now();
-    return n;
-  }
-
- private:
-  std::unique_ptr<io::ByteSource> inner_;
-  std::optional<Clock::time_point> first_;
-};
-}  // namespace
 
 void add_synthesize_command(CLI::App& app) {
   struct Args {
@@ -104,28 +81,30 @@ void add_synthesize_command(CLI::App& app) {
       throw Error(ErrorCode::kUsage, "--threads " + std::to_string(args->threads) +
                                          ": the serial engine runs on one thread; use --engine parallel for more");
     }
-    SynthesizeOptions o;
-    o.base_dir = args->base;
-    o.out_dir = args->out;
-    o.engine = args->engine == "serial" ? EngineKind::kSerial : EngineKind::kParallel;
-    o.threads = args->threads;
-    o.force = args->force;
-    o.clone = io::parse_clone_method(args->clone);
-    o.disk_format = parse_disk_format(args->disk_format);
-    o.write_backend = args->no_uring ? WriteBackend::kPwrite : parse_write_backend(args->write_backend);
-    o.queue_depth = args->queue_depth;
-    o.memory_budget = args->memory_budget_mib << 20;
-    o.key = args->key.load();
-    o.source_size = io::regular_file_size(args->overlay).value_or(0);
-    if (args->overlay != "-" && args->overlay.find("://") == std::string::npos) o.overlay_path = args->overlay;
+    LibraryParams params;
+    params.set("engine", args->engine, "--engine")
+        .set("threads", std::to_string(args->threads), "--threads")
+        .set("clone", args->clone, "--clone")
+        .set("disk_format", args->disk_format, "--disk-format")
+        .set("write_backend", args->no_uring ? "pwrite" : args->write_backend, "--write-backend")
+        .set("queue_depth", std::to_string(args->queue_depth), "--queue-depth")
+        .set("memory_budget", std::to_string(args->memory_budget_mib << 20), "--memory-budget-mib")
+        .set("key_file", args->key.key_file, "--key-file")
+        .set("passphrase_file", args->key.passphrase_file, "--passphrase-file")
+        .set("force", args->force ? "1" : "0", "--force");
     note_output(args->out);
-    install_interrupt_handlers();  // before opening: a tcp-listen:// source waits for its sender here
-    o.cancel = &interrupt_token();
-    FirstByteClock src(io::open_source(args->overlay, interrupt_token().stop_check()));
+    // Before the library opens the source: a tcp-listen:// source waits for its sender there.
+    params.cancel_on_interrupt();
+    std::optional<WorkerPool> pool;
+    if (args->engine == "parallel") pool.emplace(args->threads, 2);  // the engine: workers + reader + writer
     TerminalProgress progress("synthesizing", args->quiet);
-    o.progress = progress.callback();
-    SynthesizeStats s = synthesize(src, o);
+    params.progress(progress);
+    char* result = nullptr;
+    const int rc =
+        vmsynth_synthesize(args->base.c_str(), args->overlay.c_str(), args->out.c_str(), params.get(), &result);
+    const auto synthesized = std::chrono::steady_clock::now();
     progress.finish();
+    nlohmann::json j = take_result(rc, result);
     std::optional<vm::ResumeResult> launched;
     std::optional<Error> not_launched;  // the synthesis stands; only the launch was impossible
     double first_byte_to_running_ms = 0;
@@ -135,7 +114,8 @@ void add_synthesize_command(CLI::App& app) {
       try {
         launched = vm::resume_vm(args->out, ro);
         first_byte_to_running_ms =
-            std::chrono::duration<double, std::milli>(FirstByteClock::Clock::now() - *src.first_byte()).count();
+            1000.0 * j["seconds"]["since_first_byte"].get<double>() +
+            std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - synthesized).count();
       } catch (const Error& e) {
         if (e.code() != ErrorCode::kUnsupported) throw;
         not_launched = e;
@@ -143,36 +123,11 @@ void add_synthesize_command(CLI::App& app) {
                      e.what());
       }
     }
-    if (!s.write_fallback.empty()) {
-      std::fprintf(stderr, "vmsynth: notice: io_uring unavailable (%s); writing with pwrite\n",
-                   s.write_fallback.c_str());
+    const std::string fallback = j.value("write_backend_reason", "");
+    if (!fallback.empty()) {
+      std::fprintf(stderr, "vmsynth: notice: io_uring unavailable (%s); writing with pwrite\n", fallback.c_str());
     }
     if (args->json) {
-      nlohmann::json ops;
-      for (unsigned k = 0; k < format::kOpKindCount; ++k) {
-        ops[std::string(format::op_kind_name(static_cast<format::OpKind>(k)))] = s.kind_count[k];
-      }
-      nlohmann::json j = {{"ok", true},
-                          {"out", args->out},
-                          {"engine", s.engine},
-                          {"threads", s.threads},
-                          {"write_backend", s.write_backend},
-                          {"write_backend_reason", s.write_fallback},
-                          {"clone_method", s.clone_method},
-                          {"disk_format", s.disk_format},
-                          {"base_id", s.base_id.hex()},
-                          {"overlay_bytes", s.overlay_bytes},
-                          {"frames", s.frames},
-                          {"blocks_written", s.blocks_written},
-                          {"launch_memory_bytes", s.launch_size[0]},
-                          {"launch_disk_bytes", s.launch_size[1]},
-                          {"ops", ops},
-                          {"seconds",
-                           {{"base_id", s.seconds_base_id},
-                            {"clone", s.seconds_clone},
-                            {"apply", s.seconds_apply},
-                            {"sync", s.seconds_sync},
-                            {"total", s.seconds_total}}}};
       if (launched) {
         j["launch"] = {{"run_dir", launched->run_dir},
                        {"pid", launched->pid},
@@ -187,11 +142,13 @@ void add_synthesize_command(CLI::App& app) {
       }
       std::printf("%s\n", j.dump(2).c_str());
     } else {
+      const unsigned threads = j["threads"].get<unsigned>();
       std::printf(
           "synthesized %s from %s of overlay in %.3f s (%s engine, %u thread%s, writes: %s, clone: %s, disk: %s)\n",
-          args->out.c_str(), human_bytes(s.overlay_bytes).c_str(), s.seconds_total, s.engine.c_str(), s.threads,
-          s.threads == 1 ? "" : "s",
-          s.write_backend.c_str(), s.clone_method.c_str(), s.disk_format.c_str());
+          args->out.c_str(), human_bytes(j["overlay_bytes"].get<uint64_t>()).c_str(),
+          j["seconds"]["total"].get<double>(), j["engine"].get<std::string>().c_str(), threads,
+          threads == 1 ? "" : "s", j["write_backend"].get<std::string>().c_str(),
+          j["clone_method"].get<std::string>().c_str(), j["disk_format"].get<std::string>().c_str());
       if (launched) {
         std::printf("launch VM running in %s (pid %d, %s): %.0f ms from the first overlay byte, resume %.0f ms\n",
                     launched->run_dir.c_str(), static_cast<int>(launched->pid),

@@ -9,7 +9,7 @@
 
 namespace vmsynth {
 
-CancelToken::CancelToken() : fd_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {}
+CancelToken::CancelToken(const CancelToken* group) : group_(group), fd_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {}
 
 CancelToken::~CancelToken() {
   if (fd_ >= 0) ::close(fd_);
@@ -24,7 +24,7 @@ void CancelToken::request() noexcept {
 }
 
 io::StopCheck CancelToken::stop_check() const {
-  return {fd_, [this] { return requested(); }};
+  return {fd_, group_ != nullptr ? group_->fd_ : -1, [this] { return requested(); }};
 }
 
 void throw_if_cancelled(const CancelToken* token) {

@@ -44,14 +44,15 @@ size_t ByteSource::read_full(std::span<std::byte> buf) {
 namespace {
 
 // Waits until `fd` is readable (or has hung up), or a stop is requested
-// (stop.wake_fd readable; or a signal interrupted the poll, which poll() never
+// (stop.wake_fd or stop.group_wake_fd readable; or a signal interrupted the poll, which poll() never
 // restarts whatever SA_RESTART says) and stop.requested() confirms it.
 void wait_readable(int fd, const StopCheck& stop, const std::string& what) {
   for (;;) {
-    pollfd p[2] = {{fd, POLLIN, 0}, {stop.wake_fd, POLLIN, 0}};
-    const int r = ::poll(p, stop.wake_fd >= 0 ? 2 : 1, -1);
+    // A negative fd in the set is ignored by poll(2).
+    pollfd p[3] = {{fd, POLLIN, 0}, {stop.wake_fd, POLLIN, 0}, {stop.group_wake_fd, POLLIN, 0}};
+    const int r = ::poll(p, 3, -1);
     if (r < 0 && errno != EINTR) throw io_error("cannot wait for", what, errno);
-    if ((r < 0 || p[1].revents != 0) && stop && stop.requested()) {
+    if ((r < 0 || p[1].revents != 0 || p[2].revents != 0) && stop && stop.requested()) {
       throw Error(ErrorCode::kInterrupted, "stopped while waiting for input from " + what);
     }
     if (r > 0 && p[0].revents != 0) return;

@@ -64,13 +64,14 @@ class ByteSource {
 };
 
 // How a wait for input (a pipe, a socket, a connection to accept) can be
-// ended from outside: the wait polls wake_fd beside the input, and when
-// wake_fd is readable (or the wait is interrupted by a signal) and requested()
+// ended from outside: the wait polls wake_fd (and group_wake_fd) beside the
+// input, and when either is readable (or the wait is interrupted by a signal) and requested()
 // says so, the read throws Error(kInterrupted) naming the source. A stop thus
 // ends a wait for a sender that has stalled, not only the work between reads,
 // from any thread. Empty (the default): waits end only with input.
 struct StopCheck {
   int wake_fd = -1;                 // readable once a stop is requested; -1: none
+  int group_wake_fd = -1;           // a second one (a job's group's); -1: none
   std::function<bool()> requested;  // true once a stop is requested
   explicit operator bool() const { return static_cast<bool>(requested); }
 };

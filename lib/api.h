@@ -31,6 +31,7 @@ struct vmsynth_params {
   bool force = false;
   vmsynth::ProgressFn progress;  // built by vmsynth_params_set_(phase_)progress
   vmsynth_cancel* cancel = nullptr;
+  std::string error;  // why the last vmsynth_params_set failed
 };
 
 namespace vmsynth::lib {
@@ -43,8 +44,7 @@ const vmsynth_params& params_or_defaults(const vmsynth_params* p);
 void set_param(vmsynth_params& p, std::string_view name, std::string_view value);
 
 // The engine's options for a job described by p (key files are read here).
-SynthesizeOptions synthesize_options(const vmsynth_params& p, const std::string& base_dir,
-                                     const std::string& out_dir);
+SynthesizeOptions synthesize_options(const vmsynth_params& p, const std::string& base_dir, const std::string& out_dir);
 CreateOptions create_options(const vmsynth_params& p, const std::string& base_dir, const std::string& launch_dir,
                              const std::string& overlay_path);
 

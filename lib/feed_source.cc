@@ -52,7 +52,8 @@ size_t FeedSource::read_raw(std::span<std::byte> buf) {
   std::unique_lock lock(mu_);
   while (size_ == 0 && !closed_ && !aborted_ && !cancel_.requested()) readable_.wait_for(lock, kCancelPoll);
   if (aborted_) {
-    throw Error(ErrorCode::kInterrupted, "the synthesis was abandoned before it finished; nothing was left at the output");
+    throw Error(ErrorCode::kInterrupted,
+                "the synthesis was abandoned before it finished; nothing was left at the output");
   }
   throw_if_cancelled(&cancel_);
   if (size_ == 0) return 0;  // closed and drained: the end of the overlay
@@ -62,6 +63,19 @@ size_t FeedSource::read_raw(std::span<std::byte> buf) {
   size_ -= n;
   writable_.notify_one();
   return n;
+}
+
+size_t FirstByteClock::read_raw(std::span<std::byte> buf) {
+  const size_t n = inner_.read_some(buf);
+  if (n > 0 && !seen_) {
+    first_ = Clock::now();
+    seen_ = true;
+  }
+  return n;
+}
+
+double FirstByteClock::seconds_since_first_byte() const {
+  return seen_ ? std::chrono::duration<double>(Clock::now() - first_).count() : 0.0;
 }
 
 }  // namespace vmsynth::lib

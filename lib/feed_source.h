@@ -63,4 +63,24 @@ class FeedSource : public io::ByteSource {
   std::condition_variable readable_, writable_;
 };
 
+// Passes reads through and notes when the first overlay byte arrived: the
+// start of the wait a launch is measured from (the result's
+// seconds.since_first_byte). Thread safety: as the wrapped source.
+class FirstByteClock : public io::ByteSource {
+ public:
+  using Clock = std::chrono::steady_clock;
+  explicit FirstByteClock(io::ByteSource& inner) : inner_(inner) {}
+  std::string describe() const override { return inner_.describe(); }
+  // Seconds from the first byte to now; 0 if none arrived.
+  double seconds_since_first_byte() const;
+
+ protected:
+  size_t read_raw(std::span<std::byte> buf) override;
+
+ private:
+  io::ByteSource& inner_;
+  Clock::time_point first_{};
+  bool seen_ = false;
+};
+
 }  // namespace vmsynth::lib

@@ -26,11 +26,20 @@ uint64_t parse_number(std::string_view name, std::string_view value, uint64_t lo
   unsigned shift = 0;
   if (size_suffix && p + 1 == end) {
     switch (*p) {
-      case 'K': shift = 10; break;
-      case 'M': shift = 20; break;
-      case 'G': shift = 30; break;
-      case 'T': shift = 40; break;
-      default: break;
+      case 'K':
+        shift = 10;
+        break;
+      case 'M':
+        shift = 20;
+        break;
+      case 'G':
+        shift = 30;
+        break;
+      case 'T':
+        shift = 40;
+        break;
+      default:
+        break;
     }
     if (shift != 0) ++p;
   }
@@ -80,7 +89,15 @@ void set_param(vmsynth_params& p, std::string_view name, std::string_view value)
   } else if (name == "overlay_size") {
     p.overlay_size = parse_number(name, value, 0, std::numeric_limits<int64_t>::max(), true);
   } else if (name == "level") {
-    p.level = value == "max" ? kMaxLevel : static_cast<int>(parse_number(name, value, 1, kMaxLevel));
+    if (value == "max") {
+      p.level = kMaxLevel;
+    } else {
+      try {
+        p.level = static_cast<int>(parse_number(name, value, 1, kMaxLevel));
+      } catch (const Error&) {
+        bad_value(name, value, "a zstd level from 1 to " + std::to_string(kMaxLevel) + " or 'max'");
+      }
+    }
   } else if (name == "key_file" || name == "passphrase_file") {
     std::string& mine = name == "key_file" ? p.key_file : p.passphrase_file;
     const std::string& other = name == "key_file" ? p.passphrase_file : p.key_file;
@@ -103,8 +120,7 @@ void set_param(vmsynth_params& p, std::string_view name, std::string_view value)
   }
 }
 
-SynthesizeOptions synthesize_options(const vmsynth_params& p, const std::string& base_dir,
-                                     const std::string& out_dir) {
+SynthesizeOptions synthesize_options(const vmsynth_params& p, const std::string& base_dir, const std::string& out_dir) {
   if (p.engine == EngineKind::kSerial && p.threads > 1) {
     throw Error(ErrorCode::kUsage, "threads " + std::to_string(p.threads) +
                                        ": the serial engine runs on one thread; use engine parallel for more");

@@ -2,9 +2,8 @@
 // command line tool prints with --json: one writer for both.
 #pragma once
 
-#include <string>
-
 #include <nlohmann/json.hpp>
+#include <string>
 
 #include "common/error.h"
 #include "engine/overlay_creator.h"

@@ -1,10 +1,12 @@
 // The C API (include/vmsynth/vmsynth.h): the edge where C++ meets C. Every
 // function catches everything here; a vmsynth::Error becomes its code and
 // message, anything else VMSYNTH_E_INTERNAL.
+#include "vmsynth/vmsynth.h"
+
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
-#include <atomic>
 #include <memory>
 #include <new>
 #include <string>
@@ -22,7 +24,6 @@
 #include "lib/feed_source.h"
 #include "lib/key_files.h"
 #include "lib/results.h"
-#include "vmsynth/vmsynth.h"
 
 using vmsynth::Error;
 using vmsynth::ErrorCode;
@@ -93,11 +94,14 @@ int one_call(char** result_json, Fn&& fn) noexcept {
 struct vmsynth_synth {
   enum class State { kOpen, kFeeding, kFinished, kFailed };
 
+  explicit vmsynth_synth(const vmsynth::CancelToken* group) : token(group) {}
+
   vmsynth::SynthesizeOptions opts;
-  vmsynth::CancelToken own_token;       // used unless the params brought one
-  const vmsynth::CancelToken* token = nullptr;
-  vmsynth::CancelToken* requestable = nullptr;  // what vmsynth_synth_cancel requests
+  // The handle's own (vmsynth_synth_cancel), following the params' token if
+  // one was given (which then stops this synthesis too).
+  vmsynth::CancelToken token;
   std::unique_ptr<vmsynth::lib::FeedSource> feed;
+  std::unique_ptr<vmsynth::lib::FirstByteClock> clock;  // around what the engine reads
   std::thread engine;
   std::atomic<bool> engine_ended{false};
   std::exception_ptr engine_error;
@@ -118,10 +122,11 @@ struct vmsynth_synth {
   }
 
   void start_engine() {
-    feed = std::make_unique<vmsynth::lib::FeedSource>(*token);
+    feed = std::make_unique<vmsynth::lib::FeedSource>(token);
+    clock = std::make_unique<vmsynth::lib::FirstByteClock>(*feed);
     engine = std::thread([this] {
       try {
-        stats = vmsynth::synthesize(*feed, opts);
+        stats = vmsynth::synthesize(*clock, opts);
       } catch (...) {
         engine_error = std::current_exception();
       }
@@ -145,7 +150,9 @@ struct vmsynth_synth {
   }
 
   void succeed() {
-    result = vmsynth::lib::synthesize_json(stats, opts.out_dir).dump(2);
+    nlohmann::json j = vmsynth::lib::synthesize_json(stats, opts.out_dir);
+    j["seconds"]["since_first_byte"] = clock->seconds_since_first_byte();
+    result = j.dump(2);
     state = State::kFinished;
   }
 };
@@ -166,20 +173,22 @@ const char* vmsynth_version_string(void) { return VMSYNTH_VERSION_STRING; }
 
 const char* vmsynth_status_name(int status) {
   switch (status) {
-    case VMSYNTH_OK: return "ok";
-    case VMSYNTH_E_INTERNAL: return "internal";
-    default: break;
+    case VMSYNTH_OK:
+      return "ok";
+    case VMSYNTH_E_INTERNAL:
+      return "internal";
+    default:
+      break;
   }
   if (status >= VMSYNTH_E_USAGE && status <= VMSYNTH_E_CANCELLED) {
-    static const std::string names[] = {
-        std::string(vmsynth::error_code_name(ErrorCode::kUsage)),
-        std::string(vmsynth::error_code_name(ErrorCode::kCorrupt)),
-        std::string(vmsynth::error_code_name(ErrorCode::kWrongBase)),
-        std::string(vmsynth::error_code_name(ErrorCode::kWrongKey)),
-        std::string(vmsynth::error_code_name(ErrorCode::kIo)),
-        std::string(vmsynth::error_code_name(ErrorCode::kUnsupported)),
-        std::string(vmsynth::error_code_name(ErrorCode::kExists)),
-        std::string(vmsynth::error_code_name(ErrorCode::kInterrupted))};
+    static const std::string names[] = {std::string(vmsynth::error_code_name(ErrorCode::kUsage)),
+                                        std::string(vmsynth::error_code_name(ErrorCode::kCorrupt)),
+                                        std::string(vmsynth::error_code_name(ErrorCode::kWrongBase)),
+                                        std::string(vmsynth::error_code_name(ErrorCode::kWrongKey)),
+                                        std::string(vmsynth::error_code_name(ErrorCode::kIo)),
+                                        std::string(vmsynth::error_code_name(ErrorCode::kUnsupported)),
+                                        std::string(vmsynth::error_code_name(ErrorCode::kExists)),
+                                        std::string(vmsynth::error_code_name(ErrorCode::kInterrupted))};
     return names[status - VMSYNTH_E_USAGE].c_str();
   }
   return "unknown";
@@ -205,15 +214,22 @@ int vmsynth_params_set(vmsynth_params* p, const char* name, const char* value) {
   try {
     vmsynth_params changed = *p;
     vmsynth::lib::set_param(changed, name, value);
+    changed.error.clear();
     *p = std::move(changed);
     return VMSYNTH_OK;
   } catch (...) {
-    return current_failure().status;
+    Failure f = current_failure();
+    try {
+      p->error = std::move(f.message);
+    } catch (...) {
+    }
+    return f.status;
   }
 }
 
-int vmsynth_params_set_progress(vmsynth_params* p, void (*fn)(void* ctx, uint64_t done, uint64_t total),
-                                void* ctx) {
+const char* vmsynth_params_error(const vmsynth_params* p) { return p != nullptr ? p->error.c_str() : ""; }
+
+int vmsynth_params_set_progress(vmsynth_params* p, void (*fn)(void* ctx, uint64_t done, uint64_t total), void* ctx) {
   if (p == nullptr) return VMSYNTH_E_USAGE;
   try {
     p->progress = nullptr;
@@ -254,15 +270,13 @@ void vmsynth_params_free(vmsynth_params* p) { delete p; }
 
 int vmsynth_synth_open(vmsynth_synth** out, const char* base_dir, const char* out_dir, const vmsynth_params* p) {
   if (out == nullptr) return VMSYNTH_E_USAGE;
-  *out = new (std::nothrow) vmsynth_synth;
+  const vmsynth_params& params = vmsynth::lib::params_or_defaults(p);
+  *out = new (std::nothrow) vmsynth_synth(params.cancel != nullptr ? &params.cancel->token : nullptr);
   vmsynth_synth* s = *out;
   if (s == nullptr) return VMSYNTH_E_INTERNAL;
   try {
-    const vmsynth_params& params = vmsynth::lib::params_or_defaults(p);
-    s->requestable = params.cancel != nullptr ? &params.cancel->token : &s->own_token;
-    s->token = s->requestable;
     s->opts = vmsynth::lib::synthesize_options(params, str_arg(base_dir, "base_dir"), str_arg(out_dir, "out_dir"));
-    s->opts.cancel = s->token;
+    s->opts.cancel = &s->token;
     vmsynth::check_synthesize_options(s->opts);
     vmsynth::io::refuse_existing_output(s->opts.out_dir, s->opts.force);
     return VMSYNTH_OK;
@@ -320,8 +334,9 @@ int vmsynth_synth_finish_from(vmsynth_synth* s, const char* source) {
     s->state = vmsynth_synth::State::kFeeding;
     if (s->opts.source_size == 0) s->opts.source_size = vmsynth::io::regular_file_size(spec).value_or(0);
     if (spec != "-" && spec.find("://") == std::string::npos) s->opts.overlay_path = spec;
-    auto src = vmsynth::io::open_source(spec, s->token->stop_check());
-    s->stats = vmsynth::synthesize(*src, s->opts);
+    auto src = vmsynth::io::open_source(spec, s->token.stop_check());
+    s->clock = std::make_unique<vmsynth::lib::FirstByteClock>(*src);
+    s->stats = vmsynth::synthesize(*s->clock, s->opts);
     s->succeed();
     return VMSYNTH_OK;
   } catch (...) {
@@ -330,7 +345,7 @@ int vmsynth_synth_finish_from(vmsynth_synth* s, const char* source) {
 }
 
 void vmsynth_synth_cancel(vmsynth_synth* s) {
-  if (s != nullptr) s->requestable->request();
+  if (s != nullptr) s->token.request();
 }
 
 const char* vmsynth_synth_error(const vmsynth_synth* s) { return s != nullptr ? s->error.c_str() : ""; }

@@ -111,12 +111,15 @@ VMSYNTH_API void vmsynth_cancel_free(vmsynth_cancel *c);
  *                     (never an input: an output over an input is refused)
  *
  * vmsynth_params_set returns VMSYNTH_E_USAGE for an unknown name or a bad
- * value (and leaves p unchanged); key files are read when an operation
+ * value (and leaves p unchanged; vmsynth_params_error says why); key files are read when an operation
  * starts. Thread-safety: a vmsynth_params may be read by any number of
  * concurrent calls; changing it must not race any use. */
 typedef struct vmsynth_params vmsynth_params;
 VMSYNTH_API vmsynth_params *vmsynth_params_new(void); /* NULL: out of memory */
 VMSYNTH_API int vmsynth_params_set(vmsynth_params *p, const char *name, const char *value);
+/* Why the last vmsynth_params_set on p failed, naming the parameter and what
+ * it accepts ("" after a success). Owned by p; valid until the next call on p. */
+VMSYNTH_API const char *vmsynth_params_error(const vmsynth_params *p);
 /* Progress of the operation: bytes done out of total (total 0 = unknown).
  * For synthesis, overlay bytes consumed; for creation, image bytes compared
  * and then encoded. Called from a library thread, never two calls at once;
@@ -131,7 +134,9 @@ VMSYNTH_API int vmsynth_params_set_phase_progress(vmsynth_params *p,
                                                              uint64_t total),
                                                   void *ctx);
 /* Operations given p stop when c is requested. Borrowed: c must outlive
- * every operation started with p. NULL: none (a handle still has its own). */
+ * every operation started with p. NULL: none. A synthesis handle opened
+ * with p follows c and still has its own token: vmsynth_synth_cancel stops
+ * that handle only. */
 VMSYNTH_API int vmsynth_params_set_cancel(vmsynth_params *p, vmsynth_cancel *c);
 VMSYNTH_API void vmsynth_params_free(vmsynth_params *p);
 
@@ -187,7 +192,9 @@ VMSYNTH_API void vmsynth_synth_cancel(vmsynth_synth *s);
 VMSYNTH_API const char *vmsynth_synth_error(const vmsynth_synth *s);
 /* After a successful finish: the result as JSON, the document
  * `vmsynth synthesize --json` prints (ok, out, engine, threads, base_id,
- * overlay_bytes, frames, blocks_written, ops, seconds, ...). *json is the
+ * overlay_bytes, frames, blocks_written, ops, seconds, ...; seconds has
+ * "since_first_byte", from the overlay's first byte to the finished
+ * output, the wait a launch adds to). *json is the
  * caller's (vmsynth_free). Before that: VMSYNTH_E_USAGE. */
 VMSYNTH_API int vmsynth_synth_stats_json(const vmsynth_synth *s, char **json);
 /* Frees s. Unfinished: cancels, waits for the engine to stop, removes
@@ -199,8 +206,10 @@ VMSYNTH_API void vmsynth_synth_free(vmsynth_synth *s);
  * and, when result_json is not NULL, stores a JSON document there, the
  * caller's to vmsynth_free: on success what the matching command prints with
  * --json; on failure {"ok": false, "error": {"code", "message", "context"}}.
- * Cancel them with a token (vmsynth_params_set_cancel). Thread-safe: any
- * number may run at once. */
+ * Cancel them with a token (vmsynth_params_set_cancel): synthesis and
+ * creation stop at their next frame or chunk; overlay info only while it
+ * waits for input; the base id (one pass over the base) runs to its end.
+ * Thread-safe: any number may run at once. */
 
 /* vmsynth synthesize --base base_dir --overlay overlay --out out_dir:
  * overlay is a source as in vmsynth_synth_finish_from. */

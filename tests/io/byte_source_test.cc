@@ -167,7 +167,7 @@ TEST(ByteSourceTest, StopRequestEndsAWaitForAStalledSender) {
   int wake = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   ASSERT_GE(wake, 0);
   std::atomic<bool> requested{false};
-  StopCheck stop{wake, [&] { return requested.load(); }};
+  StopCheck stop{wake, -1, [&] { return requested.load(); }};
   std::thread sender([&] {
     int fd = ::open(fifo.c_str(), O_WRONLY | O_CLOEXEC);
     const char first[] = "abc";
