@@ -257,7 +257,10 @@ TEST(ApiParams, EveryDocumentedNameAndValueIsAccepted) {
   };
   Params p = new_params();
   for (const auto& [name, values] : good) {
-    for (const char* v : values) EXPECT_EQ(vmsynth_params_set(p.get(), name, v), VMSYNTH_OK) << name << "=" << v;
+    for (const char* v : values) {
+      EXPECT_EQ(vmsynth_params_set(p.get(), name, v), VMSYNTH_OK) << name << "=" << v;
+      EXPECT_STREQ(vmsynth_params_error(p.get()), "") << name << "=" << v;
+    }
   }
 }
 
@@ -283,6 +286,9 @@ TEST(ApiParams, UnknownNamesAndBadValuesAreUsageErrors) {
   for (const auto& [name, values] : bad) {
     for (const char* v : values) {
       EXPECT_EQ(vmsynth_params_set(p.get(), name, v), VMSYNTH_E_USAGE) << name << "=\"" << v << "\"";
+      // vmsynth_params_error names the parameter.
+      const std::string why = vmsynth_params_error(p.get());
+      EXPECT_NE(why.find(*name ? name : "parameter"), std::string::npos) << name << "=\"" << v << "\": " << why;
     }
   }
 }
@@ -391,6 +397,7 @@ TEST_F(Api, FeedInRandomChunksFrom1ByteTo1MiBIsBitExact) {
       for (const char* key : {"threads", "base_id", "frames", "blocks_written", "ops", "seconds"}) {
         EXPECT_TRUE(j.contains(key)) << key << " missing: " << j.dump();
       }
+      EXPECT_TRUE(j["seconds"].contains("since_first_byte")) << j.dump();
     }
   }
 }

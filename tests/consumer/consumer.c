@@ -702,12 +702,15 @@ static void check_bad_inputs(const struct setup* su) {
     vmsynth_params* p = vmsynth_params_new();
     int rc;
     if (p == NULL) die("vmsynth_params_new failed");
-    rc = vmsynth_params_set(p, "disk_format", "vmdk");
-    CHECK(rc == VMSYNTH_E_USAGE, "DiskFormat: params_set disk_format vmdk returned %d, want 2", rc);
-    rc = vmsynth_params_set(p, "write_backend", "aio");
-    CHECK(rc == VMSYNTH_E_USAGE, "WriteBackend: params_set write_backend aio returned %d, want 2", rc);
-    rc = vmsynth_params_set(p, "level", "fast");
-    CHECK(rc == VMSYNTH_E_USAGE, "UsageErrors: params_set level fast returned %d, want 2", rc);
+    const char* const bad[][3] = {{"DiskFormat", "disk_format", "vmdk"},
+                                  {"WriteBackend", "write_backend", "aio"},
+                                  {"UsageErrors", "level", "fast"}};
+    for (i = 0; i < sizeof bad / sizeof bad[0]; ++i) {
+      rc = vmsynth_params_set(p, bad[i][1], bad[i][2]);
+      CHECK(rc == VMSYNTH_E_USAGE, "%s: params_set %s %s returned %d, want 2", bad[i][0], bad[i][1], bad[i][2], rc);
+      CHECK(strstr(vmsynth_params_error(p), bad[i][1]) != NULL, "%s: vmsynth_params_error does not name %s: \"%s\"",
+            bad[i][0], bad[i][1], vmsynth_params_error(p));
+    }
     vmsynth_params_free(p);
   }
 
