@@ -30,7 +30,7 @@ io::StopCheck CancelToken::stop_check() const {
 void throw_if_cancelled(const CancelToken* token) {
   if (token != nullptr && token->requested()) {
     throw Error(ErrorCode::kInterrupted,
-                "stopped before finishing; what was staged has been removed and nothing was left at the output");
+                "cancelled before finishing; what was staged has been removed and nothing was left at the output");
   }
 }
 
