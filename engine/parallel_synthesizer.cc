@@ -19,9 +19,11 @@
 //   sequencer in front guarantees that order), then resolves SELF_COPY
 //   dependencies (SelfCopyTracker below): a frame whose sources were produced by
 //   frames whose writes are still in flight is parked until they complete.
-// - reconstruct: DELTA prefix and BASE_COPY read from the base (pread),
-//   zstd decode, SELF_COPY read back from the output, XXH3 verification of every
-//   block, and coalescing of adjacent blocks into write runs. Parallel.
+// - reconstruct: the serial engine's op applier (BlockFrameDecoder,
+//   engine/frame_decoder.h: DELTA prefix and BASE_COPY read from the base,
+//   zstd decode, SELF_COPY read back from the output, XXH3 verification of
+//   every block) into the slot's buffer, then coalescing of adjacent blocks
+//   into write runs. Parallel.
 // - writer: waits once for the clone, then hands runs to an io::WriteQueue; the
 //   completion callback returns the slot, releases parked frames and reports
 //   progress. It drains the queue whenever it has nothing else queued, so
@@ -59,6 +61,7 @@
 #include "codec/frame_codec.h"
 #include "common/error.h"
 #include "engine/cancel.h"
+#include "engine/frame_decoder.h"
 #include "engine/launch_output.h"
 #include "engine/op_validator.h"
 #include "engine/overlay_reader.h"
@@ -262,12 +265,17 @@ std::exception_ptr current_with(const std::string& where) {
 
 class ParallelSynthesis {
  public:
-  ParallelSynthesis(const SynthesizeOptions& opts, OverlayReader& reader, LaunchOutput& out, const std::array<io::File, kImageCount>& base,
-                    std::shared_future<void> clone_started, unsigned threads, unsigned slot_count, SynthesizeStats& st)
+  ParallelSynthesis(const SynthesizeOptions& opts, OverlayReader& reader, LaunchOutput& out,
+                    const BaseBlockReader& base, std::shared_future<void> clone_started, unsigned threads,
+                    unsigned slot_count, SynthesizeStats& st)
       : opts_(opts),
         reader_(reader),
         out_(out),
-        base_(base),
+        // pread, not a mapping: pages of a mapped base would count in the
+        // resident set and grow it with the image size.
+        sources_{.base = [&base](BlockAddress a, std::span<std::byte> b) { base.read(a, b); },
+                 // The source's frame has completed its writes (SelfCopyTracker).
+                 .launch = [&out](BlockAddress a, std::span<std::byte> b) { out.read_block(a, b); }},
         clone_started_(std::move(clone_started)),
         threads_(threads),
         validator_(reader.header()),
@@ -436,71 +444,26 @@ class ParallelSynthesis {
     std::get<0>(p).try_put(&s);
   }
 
+  // The frame's blocks (engine/frame_decoder.h, which verifies them) into
+  // the slot's buffer, then coalesced into write runs.
   void rebuild_blocks(FrameSlot& s, codec::FrameCodec& codec) {
-    const format::FrameHeader& h = s.frame.header;
-    // pread, not a mapping: pages of a mapped base would count in the resident
-    // set and grow it with the image size. Past the base's end reads zeros.
-    auto base_block = [&](BlockAddress a, std::byte* dst) {
-      size_t n = base_[a.image].pread_some(std::span(dst, kBlockSize), a.block * kBlockSize);
-      std::memset(dst + n, 0, kBlockSize - n);
-    };
-    size_t delta_ops = 0;
-    for (const BlockOp& op : s.ops) delta_ops += op.kind == OpKind::kDelta;
-    // The DELTA prefix is only needed while decoding: one buffer per thread.
-    std::vector<std::byte>& prefix = prefixes_.local();
-    prefix.resize(delta_ops * kBlockSize);
-    size_t at = 0;
-    for (const BlockOp& op : s.ops) {
-      if (op.kind != OpKind::kDelta) continue;
-      base_block(op.target, prefix.data() + at);
-      at += kBlockSize;
-    }
-    s.content.resize(s.ops.size() * kBlockSize);
-    codec.decode_payload(h, s.frame.payload(), prefix, std::span(s.content).first(h.payload_raw));
-    std::byte* const payload = s.content.data();
-    std::byte* const blocks = s.content.data() + h.payload_raw;
-
-    size_t payload_at = 0, blocks_at = 0;
     s.runs.clear();
-    for (const BlockOp& op : s.ops) {
-      std::byte* content = nullptr;
-      switch (op.kind) {
-        case OpKind::kZero:
-          content = blocks + blocks_at;
-          std::memset(content, 0, kBlockSize);
-          blocks_at += kBlockSize;
-          break;
-        case OpKind::kBaseCopy:
-          content = blocks + blocks_at;
-          base_block(op.source, content);
-          blocks_at += kBlockSize;
-          break;
-        case OpKind::kSelfCopy:
-          content = blocks + blocks_at;
-          // The source's frame has completed its writes (SelfCopyTracker).
-          out_.read_block(op.source, std::span(content, kBlockSize));
-          blocks_at += kBlockSize;
-          break;
-        case OpKind::kDelta:
-        case OpKind::kLiteral:
-          content = payload + payload_at;
-          payload_at += kBlockSize;
-          break;
-      }
-      if (hash128(std::span<const std::byte>(content, kBlockSize)) != op.hash) throw_hash_mismatch(op);
+    const BlockFrameDecoder::Emit add_to_runs = [&](const BlockOp& op, std::span<const std::byte> block) {
       // A qcow2 disk records zeros instead of storing them.
-      if (op.kind == OpKind::kZero && out_.mapped(op.target.image)) content = nullptr;
+      const std::byte* content = op.kind == OpKind::kZero && out_.mapped(op.target.image) ? nullptr : block.data();
       if (!s.runs.empty()) {
         WriteRun& r = s.runs.back();
         if (r.image == op.target.image && r.first_block + r.blocks == op.target.block &&
             (r.data == nullptr ? content == nullptr
                                : content != nullptr && r.data + r.blocks * kBlockSize == content)) {
           ++r.blocks;
-          continue;
+          return;
         }
       }
       s.runs.push_back({op.target.image, op.target.block, 1, content});
-    }
+    };
+    // One decoder per thread: its DELTA prefix buffer is only needed while decoding.
+    decoders_.local().decode(codec, s.frame.header, s.frame.payload(), s.ops, sources_, add_to_runs, s.content);
   }
 
   // ---- writer (serial) ----------------------------------------------------
@@ -596,14 +559,14 @@ class ParallelSynthesis {
   const SynthesizeOptions& opts_;
   OverlayReader& reader_;
   LaunchOutput& out_;
-  const std::array<io::File, kImageCount>& base_;
+  const BlockFrameDecoder::Sources sources_;  // read from any reconstruct thread
   std::shared_future<void> clone_started_;  // the output images exist; writes may begin
   const unsigned threads_;
 
   OpValidator validator_;      // validate node only
   codec::FrameCodec table_codec_;  // validate node only
   tbb::enumerable_thread_specific<codec::FrameCodec> codecs_;  // reconstruct node
-  tbb::enumerable_thread_specific<std::vector<std::byte>> prefixes_;  // reconstruct node
+  tbb::enumerable_thread_specific<BlockFrameDecoder> decoders_;  // reconstruct node
   SelfCopyTracker tracker_;
   FirstError errors_;
   std::atomic<bool> stop_reading_{false};
@@ -657,8 +620,7 @@ SynthesizeStats synthesize_parallel(io::ByteSource& src, const SynthesizeOptions
 
   LaunchOutput out(base, h, opts.out_dir, opts.force, opts.disk_format);
   st.disk_format = disk_format_name(opts.disk_format);
-  std::array<io::File, kImageCount> base_images;
-  for (ImageKind k : kImageKinds) base_images[static_cast<unsigned>(k)] = io::File::open_read(base.image(k));
+  const BaseBlockReader base_blocks(base);
 
   // The clone runs beside the graph: frames are read, validated, decoded and
   // written meanwhile (the writer waits only until the output images exist;
@@ -711,7 +673,7 @@ SynthesizeStats synthesize_parallel(io::ByteSource& src, const SynthesizeOptions
   t.restart();
   report(opts.progress, "applying", 0, opts.source_size);
   try {
-    ParallelSynthesis run(opts, reader, out, base_images, clone_started, threads, slot_count, st);
+    ParallelSynthesis run(opts, reader, out, base_blocks, clone_started, threads, slot_count, st);
     run.run();
   } catch (...) {
     out.cancel_clone();  // the output is discarded: do not copy the rest of the base
