@@ -60,6 +60,7 @@
 
 #include "codec/frame_codec.h"
 #include "common/error.h"
+#include "engine/base_check.h"
 #include "engine/cancel.h"
 #include "engine/frame_decoder.h"
 #include "engine/launch_output.h"
@@ -67,7 +68,6 @@
 #include "engine/overlay_reader.h"
 #include "engine/stopwatch.h"
 #include "engine/synthesis.h"
-#include "io/write_queue.h"
 
 namespace vmsynth {
 
@@ -265,12 +265,13 @@ std::exception_ptr current_with(const std::string& where) {
 
 class ParallelSynthesis {
  public:
-  ParallelSynthesis(const SynthesizeOptions& opts, OverlayReader& reader, LaunchOutput& out,
+  ParallelSynthesis(const SynthesizeOptions& opts, OverlayReader& reader, LaunchOutput& out, const VmDir& base_dir,
                     const BaseBlockReader& base, std::shared_future<void> clone_started, unsigned threads,
                     unsigned slot_count, SynthesizeStats& st)
       : opts_(opts),
         reader_(reader),
         out_(out),
+        base_dir_(base_dir),
         // pread, not a mapping: pages of a mapped base would count in the
         // resident set and grow it with the image size.
         sources_{.base = [&base](BlockAddress a, std::span<std::byte> b) { base.read(a, b); },
@@ -289,8 +290,9 @@ class ParallelSynthesis {
   }
 
   ~ParallelSynthesis() {
-    // The kernel may still read slot buffers: stop the queue before they go.
-    queue_.reset();
+    // The kernel may still read slot buffers, and completions call back into
+    // this object: close the output's sink before they go.
+    out_.close_sink();
   }
 
   // Runs the graph to the end of the stream or the first error; throws it.
@@ -304,7 +306,7 @@ class ParallelSynthesis {
       // Completions reaped here only finish bookkeeping: no frame is parked
       // once the graph is idle (the writer drained before going idle).
       start_writing();
-      queue_->drain();
+      out_.drain_writes();
       if (frames_done_ != frames_read_) {
         throw Error(ErrorCode::kCorrupt, "internal error: " + std::to_string(frames_read_ - frames_done_) +
                                              " frames were not applied");
@@ -312,10 +314,8 @@ class ParallelSynthesis {
     }
     throw_if_cancelled(opts_.cancel);
     if (auto e = errors_.get()) std::rethrow_exception(e);
-    st_.write_backend = std::string(queue_->backend());
-    if (opts_.write_backend != WriteBackend::kPwrite) {
-      st_.write_fallback = std::string(queue_->fallback_reason());
-    }
+    st_.write_backend = std::string(out_.write_backend());
+    st_.write_fallback = std::string(out_.write_fallback());
   }
 
  private:
@@ -431,7 +431,7 @@ class ParallelSynthesis {
       codec::FrameCodec& codec = codecs_.local();
       const format::FrameHeader& h = s.frame.header;
       if (h.type == format::FrameType::kFile) {
-        out_.apply_file_frame(codec, h, s.frame.table(), s.frame.payload());
+        out_.write_file(decode_file_frame(codec, h, s.frame.table(), s.frame.payload(), &base_dir_));
       } else {
         rebuild_blocks(s, codec);
       }
@@ -450,7 +450,7 @@ class ParallelSynthesis {
     s.runs.clear();
     const BlockFrameDecoder::Emit add_to_runs = [&](const BlockOp& op, std::span<const std::byte> block) {
       // A qcow2 disk records zeros instead of storing them.
-      const std::byte* content = op.kind == OpKind::kZero && out_.mapped(op.target.image) ? nullptr : block.data();
+      const std::byte* content = op.kind == OpKind::kZero && out_.records_zeros(op.target.image) ? nullptr : block.data();
       if (!s.runs.empty()) {
         WriteRun& r = s.runs.back();
         if (r.image == op.target.image && r.first_block + r.blocks == op.target.block &&
@@ -467,21 +467,12 @@ class ParallelSynthesis {
   }
 
   // ---- writer (serial) ----------------------------------------------------
-  // Waits for the clone (once) and opens the write queue over its images.
+  // Waits for the clone (once) and opens the output's sink over its images.
   void start_writing() {
-    if (queue_) return;
+    if (out_.sink_open()) return;
     clone_started_.get();  // rethrows a clone failure
-    io::WriteQueueOptions qo;
-    qo.queue_depth = opts_.queue_depth;
-    qo.force_pwrite = opts_.write_backend == WriteBackend::kPwrite;
-    std::vector<int> fds;
-    std::vector<std::string> names;
-    for (unsigned i = 0; i < kImageCount; ++i) {
-      fds.push_back(out_.image(i).fd());
-      names.push_back(out_.image(i).path());
-    }
-    queue_ = io::WriteQueue::open(std::move(fds), qo, [this](uint64_t tag) { write_completed(tag); },
-                                  std::move(names));
+    out_.open_sink({.queued = true, .backend = opts_.write_backend, .queue_depth = opts_.queue_depth},
+                   [this](uint64_t tag) { write_completed(tag); });
   }
 
   void write_frame(FrameSlot& s) {
@@ -495,28 +486,17 @@ class ParallelSynthesis {
         fail(current_with(""), 0);  // a clone failure comes before every frame
         return;
       }
-      s.writes_pending = 1;  // until every piece is queued
-      for (const WriteRun& r : s.runs) {
-        const uint64_t offset = r.first_block * kBlockSize;
-        const uint64_t size = std::min(r.blocks * kBlockSize, out_.image_size(r.image) - offset);
-        out_.before_write(r.image, offset, size);  // the base clone copies around it
-        if (r.data == nullptr) {
-          out_.zero_range(r.image, offset, size);
-          continue;
-        }
-        // A qcow2 disk splits the run at its clusters (allocated here).
-        out_.place(r.image, offset, size, [&](uint64_t file_offset, uint64_t from, uint64_t len) {
-          ++s.writes_pending;
-          queue_->write(r.image, file_offset, std::span(r.data + from, static_cast<size_t>(len)), s.id);
-        });
-      }
+      // One completion per run (the output counts a qcow2 disk's cluster
+      // pieces), plus the writer's own until every run is handed over.
+      s.writes_pending = static_cast<unsigned>(s.runs.size()) + 1;
+      for (const WriteRun& r : s.runs) out_.write_run(r.image, r.first_block, r.blocks, r.data, s.id);
       write_completed(s.id);
       // Nothing else queued for the writer (or a frame waits for writes):
       // wait for the kernel now rather than leave completions unreaped.
       if (to_writer_.load(std::memory_order_acquire) == 0 || tracker_.parked() > 0) {
-        queue_->drain();
+        out_.drain_writes();
       } else {
-        queue_->submit();
+        out_.submit_writes();
       }
     } catch (...) {
       fail(current_with(s.where()), s.seq + 1);
@@ -559,6 +539,7 @@ class ParallelSynthesis {
   const SynthesizeOptions& opts_;
   OverlayReader& reader_;
   LaunchOutput& out_;
+  const VmDir& base_dir_;  // opaque files encoded against the base's
   const BlockFrameDecoder::Sources sources_;  // read from any reconstruct thread
   std::shared_future<void> clone_started_;  // the output images exist; writes may begin
   const unsigned threads_;
@@ -575,7 +556,6 @@ class ParallelSynthesis {
 
   std::vector<std::unique_ptr<FrameSlot>> slots_;
   // Writer state (the writer node, then the main thread after the graph).
-  std::unique_ptr<io::WriteQueue> queue_;
   std::vector<FrameSlot*> ready_;
   uint64_t frames_done_ = 0;
   uint64_t progress_ = 0;
@@ -587,10 +567,6 @@ class ParallelSynthesis {
 };
 
 }  // namespace
-
-std::string_view write_backend_name(WriteBackend b) { return name_of(b); }
-
-WriteBackend parse_write_backend(std::string_view name) { return parse_enum<WriteBackend>(name, "write backend"); }
 
 SynthesizeStats synthesize_parallel(io::ByteSource& src, const SynthesizeOptions& opts) {
   const Stopwatch total;
@@ -673,7 +649,7 @@ SynthesizeStats synthesize_parallel(io::ByteSource& src, const SynthesizeOptions
   t.restart();
   report(opts.progress, "applying", 0, opts.source_size);
   try {
-    ParallelSynthesis run(opts, reader, out, base_blocks, clone_started, threads, slot_count, st);
+    ParallelSynthesis run(opts, reader, out, base, base_blocks, clone_started, threads, slot_count, st);
     run.run();
   } catch (...) {
     out.cancel_clone();  // the output is discarded: do not copy the rest of the base
