@@ -492,7 +492,7 @@ class ParallelSynthesis {
       if (h.type == format::FrameType::kFile) {
         out_.write_file(decode_file_frame(codec, h, s.frame.table(), s.frame.payload(), &base_dir_));
       } else {
-        rebuild_blocks(s, codec);
+        decode_to_runs(s, codec);
       }
     } catch (...) {
       fail(current_with(s.where()), s.seq + 1);
@@ -504,7 +504,7 @@ class ParallelSynthesis {
 
   // The frame's blocks (engine/frame_decoder.h, which verifies them) into
   // the slot's buffer, then coalesced into write runs.
-  void rebuild_blocks(FrameSlot& s, codec::FrameCodec& codec) {
+  void decode_to_runs(FrameSlot& s, codec::FrameCodec& codec) {
     s.runs.clear();
     const BlockFrameDecoder::Emit add_to_runs = [&](const BlockOp& op, std::span<const std::byte> block) {
       // A qcow2 disk records zeros instead of storing them.
