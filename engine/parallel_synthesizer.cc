@@ -409,10 +409,18 @@ class ParallelSynthesis {
       // The graph must not look idle while the reader and the writer, outside
       // it, may still put frames in: one wait reservation each, released
       // when they end (on every path).
-      g.reserve_wait();
-      g.reserve_wait();
-      std::jthread reader([this] { read_loop(); });
-      std::jthread writer([this] { write_loop(); });
+      auto start = [&](void (ParallelSynthesis::*loop)()) {
+        g.reserve_wait();
+        try {
+          return std::jthread([this, loop] { (this->*loop)(); });
+        } catch (...) {
+          g.release_wait();
+          fail(current_with(""), 0);  // the other thread stops too
+          return std::jthread();
+        }
+      };
+      std::jthread reader = start(&ParallelSynthesis::read_loop);
+      std::jthread writer = start(&ParallelSynthesis::write_loop);
       g.wait_for_all();
     }  // joins the reader and the writer
     FencedBody after_graph;
