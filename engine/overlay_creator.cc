@@ -238,15 +238,16 @@ CreateStats create_overlay(const CreateOptions& opts) {
 
   CreateStats st;
   const Stopwatch total;
-  // The job's own arena, sized by --threads. An arena only caps how many of
-  // oneTBB's process-wide workers (by default one fewer than the cores) may
-  // join it; it creates none, and the calling thread runs its tasks too. So
-  // more threads than cores need the application to raise the pool with
+  // The job's own arena, sized by --threads (engine/threads.h: at most what
+  // oneTBB may run in this process). An arena only caps how many of oneTBB's
+  // process-wide workers (by default one fewer than the cores) may join it;
+  // it creates none, and the calling thread runs its tasks too. So more
+  // threads than cores need the application to raise the pool with
   // tbb::global_control (the CLI's business: a library must not change a
   // whole-process setting), and several jobs in one process share the pool.
   // Nothing here blocks on other tasks, so an arena that gets fewer workers
   // than it asked for, or none, is only slower.
-  tbb::task_arena arena(opts.threads == 0 ? tbb::task_arena::automatic : static_cast<int>(opts.threads));
+  tbb::task_arena arena(opts.threads == 0 ? tbb::task_arena::automatic : arena_slots(opts.threads));
 
   Stopwatch t;
   report(opts.progress, "hashing base");

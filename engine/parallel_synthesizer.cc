@@ -73,6 +73,7 @@
 #include "engine/overlay_reader.h"
 #include "engine/stopwatch.h"
 #include "engine/synthesis.h"
+#include "engine/threads.h"
 
 namespace vmsynth {
 
@@ -356,9 +357,9 @@ class ParallelSynthesis {
   void run() {
     // The job's own arena, `threads` slots, one of them reserved for this
     // (the calling) thread. An arena does not own threads: oneTBB has one
-    // worker pool per process (by default one worker fewer than the cores,
-    // unless the application sets tbb::global_control, which a library must
-    // not), and it lends each arena up to its slot count minus the reserved
+    // worker pool per process (one worker fewer than the cores, unless the
+    // application sets tbb::global_control, which a library must not, or the
+    // process's first arena asked for more), and it lends each arena up to its slot count minus the reserved
     // one, sharing them out when several arenas ask for more than the pool
     // has. So an arena may get fewer workers than it asks for, or none for a
     // while (eight syntheses of threads=2 on two cores share one worker);
@@ -369,7 +370,9 @@ class ParallelSynthesis {
     // writer (the kernel, the clone), are dedicated std::threads outside it
     // that hand frames in and take them out through queues. A task never
     // waits for them, and they only wait for tasks through those queues.
-    tbb::task_arena arena(static_cast<int>(threads_));
+    // (engine/threads.h: at most as many slots as oneTBB may run at all; the
+    // reconstruct node's concurrency stays `threads`.)
+    tbb::task_arena arena(arena_slots(threads_));
     arena.execute([&] { run_graph(); });
     if (!errors_.failed() && frames_done_ != frames_read_) {
       throw Error(ErrorCode::kCorrupt,
