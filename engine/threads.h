@@ -10,11 +10,11 @@
 // tbb::task_arena. Thread safety: all functions, any thread.
 #pragma once
 
-#include <algorithm>
-#include <string>
-
 #include <tbb/global_control.h>  // read only: the engine never sets a global_control
 #include <tbb/info.h>
+
+#include <algorithm>
+#include <string>
 
 #include "common/error.h"
 
@@ -25,8 +25,8 @@ inline constexpr unsigned kMaxThreads = 256;
 // Throws Error(kUsage) unless threads <= kMaxThreads.
 inline void check_thread_count(unsigned threads) {
   if (threads > kMaxThreads) {
-    throw Error(ErrorCode::kUsage, "--threads " + std::to_string(threads) + " is out of range: use 0 (one per core) to " +
-                                       std::to_string(kMaxThreads));
+    throw Error(ErrorCode::kUsage, "--threads " + std::to_string(threads) +
+                                       " is out of range: use 0 (one per core) to " + std::to_string(kMaxThreads));
   }
 }
 
@@ -41,8 +41,8 @@ inline void check_thread_count(unsigned threads) {
 // if the application raised the limit; a job still reports the count it was
 // given.
 inline int arena_slots(unsigned threads) {
-  const auto allowed = static_cast<unsigned>(std::max<size_t>(
-      1, tbb::global_control::active_value(tbb::global_control::max_allowed_parallelism)));
+  const auto allowed = static_cast<unsigned>(
+      std::max<size_t>(1, tbb::global_control::active_value(tbb::global_control::max_allowed_parallelism)));
   const unsigned wanted = threads == 0 ? static_cast<unsigned>(std::max(1, tbb::info::default_concurrency())) : threads;
   return static_cast<int>(std::min(wanted, allowed));
 }
