@@ -22,12 +22,14 @@ void BaseBlockReader::read(format::BlockAddress a, std::span<std::byte> out) con
 
 void BlockFrameDecoder::decode(codec::FrameCodec& codec, const format::FrameHeader& h,
                                std::span<const std::byte> stored_payload, std::span<const BlockOp> ops,
-                               const Sources& sources, const Emit& emit) {
-  static const std::array<std::byte, kBlockSize> kZeros{};
+                               const Sources& sources, const Emit& emit, std::vector<std::byte>& content) {
   // The payload is one zstd frame compressed against the base blocks at the
   // DELTA ops' targets; without them no block of it (LITERAL ones included,
   // which may match into the prefix too) can be decoded.
   const bool have_payload = sources.base || h.kind_count[static_cast<unsigned>(OpKind::kDelta)] == 0;
+  // payload_raw is (DELTA + LITERAL ops) x 4096 (the frame header's check),
+  // so the other ops' blocks fit behind it.
+  content.resize(ops.size() * kBlockSize);
   if (have_payload) {
     prefix_.clear();
     for (const BlockOp& op : ops) {
@@ -35,38 +37,44 @@ void BlockFrameDecoder::decode(codec::FrameCodec& codec, const format::FrameHead
       prefix_.resize(prefix_.size() + kBlockSize);
       sources.base(op.target, std::span(prefix_).last(kBlockSize));
     }
-    payload_.resize(h.payload_raw);
-    codec.decode_payload(h, stored_payload, prefix_, payload_);
+    codec.decode_payload(h, stored_payload, prefix_, std::span(content).first(h.payload_raw));
   } else {
     codec.check_payload(h, stored_payload);
   }
-  size_t payload_at = 0;
+  const std::span<std::byte> payload = std::span(content).first(h.payload_raw);
+  const std::span<std::byte> blocks = std::span(content).subspan(h.payload_raw);
+  size_t payload_at = 0, blocks_at = 0;
   for (const BlockOp& op : ops) {
-    std::span<const std::byte> content;
+    const bool in_payload = op.kind == OpKind::kDelta || op.kind == OpKind::kLiteral;
+    // Where a block that is not in the payload is put together.
+    const std::span<std::byte> slot = in_payload ? std::span<std::byte>() : blocks.subspan(blocks_at, kBlockSize);
+    std::span<const std::byte> block;
     switch (op.kind) {
       case OpKind::kZero:
-        content = kZeros;
+        std::memset(slot.data(), 0, kBlockSize);
+        block = slot;
         break;
       case OpKind::kBaseCopy:
         if (sources.base) {
-          sources.base(op.source, block_);
-          content = block_;
+          sources.base(op.source, slot);
+          block = slot;
         }
         break;
       case OpKind::kSelfCopy:
         if (sources.launch) {
-          sources.launch(op.source, block_);
-          content = block_;
+          sources.launch(op.source, slot);
+          block = slot;
         }
         break;
       case OpKind::kDelta:
       case OpKind::kLiteral:
-        if (have_payload) content = std::span(payload_).subspan(payload_at, kBlockSize);
+        if (have_payload) block = payload.subspan(payload_at, kBlockSize);
         payload_at += kBlockSize;
         break;
     }
-    if (!content.empty() && hash128(content) != op.hash) throw_hash_mismatch(op);
-    emit(op, content);
+    if (!slot.empty()) blocks_at += kBlockSize;
+    if (!block.empty() && hash128(block) != op.hash) throw_hash_mismatch(op);
+    emit(op, block);
   }
 }
 

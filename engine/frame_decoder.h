@@ -7,11 +7,11 @@
 // decompresses the payload, takes ZERO, BASE_COPY and SELF_COPY contents from
 // where the op says, and compares every block's XXH3-128 with its op's hash.
 // decode_file_frame does the same for an opaque file. Callers decide what
-// happens to the verified contents: the serial synthesizer writes them, the
-// LaunchOutput writes files for both engines, `overlay verify`
-// (engine/overlay_verify.h) only counts them. (The parallel engine's
-// reconstruct node, engine/parallel_synthesizer.cc, still rebuilds blocks into
-// its slot buffers itself.)
+// happens to the verified contents: both synthesis engines hand them to the
+// LaunchOutput (the serial one block by block, the parallel one coalesced into
+// runs from its slot buffers), `overlay verify` (engine/overlay_verify.h) only
+// counts them. There is no other op applier: a change to how an op kind is
+// reconstructed or checked is made here, once.
 //
 // A caller without a base VM (`overlay verify` without --base) gets what can
 // be checked without one: a frame with DELTA ops, or a file encoded against
@@ -20,6 +20,7 @@
 // reported as not reconstructed (an empty span, DecodedFile::checked false).
 //
 // Ownership and thread safety: a BlockFrameDecoder owns its scratch buffers
+// (the DELTA prefix, and the contents unless the caller passes its own buffer)
 // and is used by one thread at a time, like the FrameCodec it is given.
 // BaseBlockReader owns read-only descriptors of the base images; read() is a
 // pread and may be called from any thread.
@@ -72,13 +73,26 @@ class BlockFrameDecoder {
   // passes it to `emit`. Without sources.base, a frame with DELTA ops has its
   // payload checked (FrameCodec::check_payload) but not decompressed, and its
   // DELTA, LITERAL and BASE_COPY ops are emitted without content.
+  //
+  // `content` receives every block (it is resized to ops.size() x 4096
+  // bytes): first the decoded payload (the DELTA and LITERAL blocks, in op
+  // order), then one block per other op, in op order. The spans given to
+  // `emit` point into it and stay valid until the buffer is next resized, so a
+  // caller that keeps the buffer (the parallel engine's frame slots) can write
+  // them after decode() returns, and adjacent blocks of one kind group are
+  // adjacent in memory.
   void decode(codec::FrameCodec& codec, const format::FrameHeader& h, std::span<const std::byte> stored_payload,
-              std::span<const format::BlockOp> ops, const Sources& sources, const Emit& emit);
+              std::span<const format::BlockOp> ops, const Sources& sources, const Emit& emit,
+              std::vector<std::byte>& content);
+  // The same into the decoder's own buffer: the spans are valid until the next call.
+  void decode(codec::FrameCodec& codec, const format::FrameHeader& h, std::span<const std::byte> stored_payload,
+              std::span<const format::BlockOp> ops, const Sources& sources, const Emit& emit) {
+    decode(codec, h, stored_payload, ops, sources, emit, content_);
+  }
 
  private:
   std::vector<std::byte> prefix_;   // base blocks at the DELTA ops' targets, in op order
-  std::vector<std::byte> payload_;  // the decoded DELTA and LITERAL blocks, in op order
-  std::array<std::byte, format::kBlockSize> block_{};
+  std::vector<std::byte> content_;  // decode()'s blocks when the caller gives no buffer
 };
 
 struct DecodedFile {

@@ -1,197 +1,126 @@
 #include "engine/launch_output.h"
 
 #include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
-#include <atomic>
-#include <cerrno>
-#include <cstdlib>
+#include <algorithm>
 #include <cstring>
-#include <memory>
 #include <string>
-#include <thread>
-#include <vector>
 
 #include "common/error.h"
-#include "engine/base_id.h"
 
 namespace vmsynth {
 
 using format::kBlockSize;
 
-Hash128 check_base(const VmDir& base, const format::FileHeader& h, const BaseIdOptions& id_opts) {
-  for (unsigned i = 0; i < kImageCount; ++i) {
-    std::string p = base.image(static_cast<ImageKind>(i));
-    if (!io::path_exists(p)) {
-      throw Error(ErrorCode::kUsage, "base VM directory '" + base.path + "' has no " +
-                                         std::string(image_file_name(static_cast<ImageKind>(i))));
-    }
-    uint64_t size = io::File::open_read(p).size();
-    if (size != h.base_size[i]) {
-      throw Error(ErrorCode::kWrongBase,
-                  "this overlay was made for another base VM: its base " +
-                      std::string(image_file_name(static_cast<ImageKind>(i))) + " has " +
-                      std::to_string(h.base_size[i]) + " bytes, '" + p + "' has " + std::to_string(size) +
-                      "; use the base VM the overlay was created from");
-    }
-  }
-  Hash128 id = compute_base_id(base, id_opts);
-  if (id != h.base_id) {
-    throw Error(ErrorCode::kWrongBase, "this overlay was made for another base VM (overlay names base " +
-                                           h.base_id.hex() + ", '" + base.path + "' is " + id.hex() +
-                                           "); use the base VM the overlay was created from");
-  }
-  return id;
-}
-
-
-std::string_view disk_format_name(DiskFormat f) { return name_of(f); }
-
-DiskFormat parse_disk_format(std::string_view name) { return parse_enum<DiskFormat>(name, "disk format"); }
-
 LaunchOutput::LaunchOutput(const VmDir& base, const format::FileHeader& h, const std::string& out_dir, bool force,
                            DiskFormat disk_format)
     : base_(base), header_(h), disk_format_(disk_format), staged_(out_dir, force) {}
 
-void LaunchOutput::create_qcow2_disk() {
-  // The backing file is named by absolute path: the output directory is
-  // renamed into place later and may be moved, the base is not.
-  const std::string disk = base_.image(ImageKind::kDisk);
-  char* real = ::realpath(disk.c_str(), nullptr);
-  if (real == nullptr) throw io_error("cannot resolve the base disk", disk, errno);
-  std::string backing(real);
-  std::free(real);
-  base_disk_ = io::File::open_read(backing);
-  qcow2_ = std::make_unique<io::Qcow2Writer>(staged_.path() + "/" + std::string(kQcow2DiskName),
-                                             header_.launch_size[image_index(ImageKind::kDisk)], backing);
+LaunchOutput::~LaunchOutput() {
+  // The kernel may still read buffers of requests in flight: wait for them
+  // before anything else goes.
+  queue_.reset();
 }
 
-std::string LaunchOutput::clone_images(io::CloneMethod method) {
-  std::string used;
-  for (unsigned i = 0; i < kImageCount; ++i) {
-    auto kind = static_cast<ImageKind>(i);
-    if (mapped(i)) {
-      create_qcow2_disk();
-      continue;
+// ---- The write path ----------------------------------------------------------
+
+void LaunchOutput::open_sink(const SinkOptions& opts, RunDone done) {
+  if (sink_open_) throw Error(ErrorCode::kUsage, "the output's sink is already open");
+  run_done_ = std::move(done);
+  if (opts.queued) {
+    io::WriteQueueOptions qo;
+    qo.queue_depth = opts.queue_depth;
+    qo.force_pwrite = opts.backend == WriteBackend::kPwrite;
+    std::vector<int> fds;
+    std::vector<std::string> names;
+    for (unsigned i = 0; i < kImageCount; ++i) {
+      fds.push_back(image(i).fd());
+      names.push_back(image(i).path());
     }
-    std::string dst = staged_.path() + "/" + std::string(image_file_name(kind));
-    io::CloneResult r = io::clone_image(base_.image(kind), dst, header_.launch_size[i], method);
-    if (i == 0) used = std::string(io::clone_method_name(r.method));
-    images_[i] = io::File::open_rw(dst);
+    queue_ = io::WriteQueue::open(
+        std::move(fds), qo, [this](uint64_t run) { piece_done(static_cast<uint32_t>(run)); }, std::move(names));
+    queue_wanted_uring_ = opts.backend != WriteBackend::kPwrite;
   }
-  return used;
+  sink_open_ = true;
 }
 
-std::string LaunchOutput::clone_images_beside_writer(io::CloneMethod method, const std::function<void()>& started) {
-  if (mapped(image_index(ImageKind::kDisk))) create_qcow2_disk();
-  std::vector<unsigned> raw;
-  for (unsigned i = 0; i < kImageCount; ++i) {
-    if (!mapped(i)) raw.push_back(i);
+void LaunchOutput::write_run(unsigned image_i, uint64_t first_block, uint64_t blocks, const std::byte* data,
+                             uint64_t tag) {
+  const uint64_t offset = first_block * kBlockSize;
+  const uint64_t size = std::min(blocks * kBlockSize, header_.launch_size[image_i] - offset);
+  if (trackers_[image_i]) trackers_[image_i]->before_write(offset, size);  // the base clone copies around it
+  if (data == nullptr) {
+    if (!records_zeros(image_i)) throw Error(ErrorCode::kUsage, "zeros without data are for a qcow2 disk");
+    qcow2_->set_zero(offset, size);
+    if (run_done_) run_done_(tag);
+    return;
   }
-  {
-    std::lock_guard lock(trackers_mu_);
-    for (unsigned i : raw) {
-      trackers_[i] = std::make_unique<CloneTracker>(header_.launch_size[i]);
-      if (clone_cancelled_) trackers_[i]->cancel();
-    }
+  uint32_t run = 0;
+  if (free_runs_.empty()) {
+    run = static_cast<uint32_t>(runs_.size());
+    runs_.emplace_back();
+  } else {
+    run = free_runs_.back();
+    free_runs_.pop_back();
   }
-  std::atomic<unsigned> waiting{static_cast<unsigned>(raw.size())};
-  std::string used;
-  auto clone_one = [&](unsigned i) {
-    try {
-      const auto kind = static_cast<ImageKind>(i);
-      const std::string dst = staged_.path() + "/" + std::string(image_file_name(kind));
-      io::CloneHooks hooks = trackers_[i]->hooks();
-      hooks.started = [&, i, dst] {
-        images_[i] = io::File::open_rw(dst);
-        if (waiting.fetch_sub(1) == 1) started();
-      };
-      io::CloneResult r = io::clone_image(base_.image(kind), dst, header_.launch_size[i], method, &hooks);
-      if (i == 0) used = std::string(io::clone_method_name(r.method));
-    } catch (...) {
-      for (unsigned j : raw) trackers_[j]->fail(std::current_exception());
-      throw;
+  runs_[run] = {tag, 1};  // held until every piece is handed over
+  auto write_piece = [&](uint64_t file_offset, uint64_t from, uint64_t len) {
+    const std::span<const std::byte> piece(data + from, static_cast<size_t>(len));
+    ++runs_[run].pieces;
+    if (queue_) {
+      queue_->write(image_i, file_offset, piece, run);
+    } else {
+      image(image_i).pwrite_full(piece, file_offset);
+      piece_done(run);
     }
   };
-  if (raw.empty()) {
-    started();
-    return used;
+  if (records_zeros(image_i)) {
+    qcow2_->place(offset, size, write_piece);  // split at its clusters, allocated here
+  } else {
+    write_piece(offset, 0, size);
   }
-  // The other image on its own thread; both copies are limited by the disk,
-  // and running them together lets the writer start on either at once.
-  std::exception_ptr other_error;
-  {
-    std::jthread other;
-    if (raw.size() > 1) {
-      other = std::jthread([&] {
-        try {
-          clone_one(raw[1]);
-        } catch (...) {
-          other_error = std::current_exception();
-        }
-      });
-    }
-    clone_one(raw[0]);
-  }
-  if (other_error) std::rethrow_exception(other_error);
-  return used;
+  piece_done(run);
 }
 
-void LaunchOutput::cancel_clone() {
-  std::lock_guard lock(trackers_mu_);
-  clone_cancelled_ = true;
-  for (auto& t : trackers_) {
-    if (t) t->cancel();
-  }
+void LaunchOutput::piece_done(uint32_t run) noexcept {
+  if (--runs_[run].pieces > 0) return;
+  free_runs_.push_back(run);
+  if (run_done_) run_done_(runs_[run].tag);
 }
 
-void LaunchOutput::write_block(format::BlockAddress a, std::span<const std::byte> block) {
-  uint64_t off = a.block * kBlockSize;
-  uint64_t size = header_.launch_size[a.image];
-  size_t n = static_cast<size_t>(std::min<uint64_t>(kBlockSize, size - off));
-  place(a.image, off, n, [&](uint64_t file_offset, uint64_t from, uint64_t len) {
-    image(a.image).pwrite_full(block.subspan(from, len), file_offset);
-  });
+void LaunchOutput::submit_writes() {
+  if (queue_) queue_->submit();
 }
 
-void LaunchOutput::zero_block(format::BlockAddress a) {
-  static const std::array<std::byte, kBlockSize> kZeros{};
-  if (!mapped(a.image)) return write_block(a, kZeros);
-  uint64_t off = a.block * kBlockSize;
-  zero_range(a.image, off, std::min<uint64_t>(kBlockSize, header_.launch_size[a.image] - off));
+void LaunchOutput::drain_writes() {
+  if (queue_) queue_->drain();
 }
 
-void LaunchOutput::zero_range(unsigned i, uint64_t offset, uint64_t len) {
-  if (!mapped(i)) throw Error(ErrorCode::kUsage, "zero_range is for a qcow2 disk");
-  for_each_cluster_piece(offset, len, [&](uint64_t at, uint64_t, uint64_t n) { qcow2_->set_zero(at, n); });
+void LaunchOutput::close_sink() {
+  queue_.reset();
+  sink_open_ = false;
+  runs_.clear();
+  free_runs_.clear();
 }
+
+std::string_view LaunchOutput::write_backend() const { return queue_ ? queue_->backend() : "pwrite"; }
+
+std::string_view LaunchOutput::write_fallback() const {
+  return queue_ && queue_wanted_uring_ ? queue_->fallback_reason() : std::string_view();
+}
+
+// ---- Reading back, files, durability -------------------------------------------
 
 void LaunchOutput::read_block(format::BlockAddress a, std::span<std::byte> out) const {
   uint64_t off = a.block * kBlockSize;
   uint64_t size = header_.launch_size[a.image];
   size_t n = static_cast<size_t>(std::min<uint64_t>(kBlockSize, size - off));
   std::memset(out.data() + n, 0, kBlockSize - n);
-  if (!mapped(a.image)) return images_[a.image].pread_full(out.first(n), off);
-  // A block lies inside one cluster, but its two subclusters may differ.
-  for (uint64_t at = 0; at < n; at += io::Qcow2Writer::kSubclusterSize) {
-    const size_t len = static_cast<size_t>(std::min<uint64_t>(io::Qcow2Writer::kSubclusterSize, n - at));
-    std::span<std::byte> piece = out.subspan(at, len);
-    io::Qcow2Writer::Location l = qcow2_->lookup(off + at);
-    if (l.source == io::Qcow2Writer::Source::kData) {
-      qcow2_->file().pread_full(piece, l.file_offset);
-    } else if (l.source == io::Qcow2Writer::Source::kZero) {
-      std::memset(piece.data(), 0, len);
-    } else {
-      size_t got = base_disk_.pread_some(piece, off + at);  // past the base's end: zeros
-      std::memset(piece.data() + got, 0, len - got);
-    }
-  }
+  if (records_zeros(a.image)) return qcow2_->read(off, out.first(n));
+  images_[a.image].pread_full(out.first(n), off);
 }
 
-void LaunchOutput::apply_file_frame(codec::FrameCodec& codec, const format::FrameHeader& h,
-                                    std::span<const std::byte> table, std::span<const std::byte> payload) {
-  DecodedFile file = decode_file_frame(codec, h, table, payload, &base_);
+void LaunchOutput::write_file(const DecodedFile& file) {
   io::File f = io::File::create(staged_.path() + "/" + std::string(format::file_id_name(file.record.id)));
   f.pwrite_full(file.content, 0);
 }
@@ -204,10 +133,9 @@ void LaunchOutput::start_writeback() {
 }
 
 void LaunchOutput::commit() {
-  if (qcow2_) {
-    qcow2_->finish();
-    qcow2_->file().close();
-  }
+  drain_writes();
+  close_sink();
+  if (qcow2_) qcow2_->finish();
   for (io::File& f : images_) {
     if (f.valid()) f.close();
   }

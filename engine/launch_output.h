@@ -1,44 +1,65 @@
-// The pieces of synthesis both engines share: checking the base against the
-// overlay header, the staged output directory and its images, opaque files,
-// and the final sync and commit.
+// The launch VM being synthesized: the staged output directory, its images,
+// the write path into them, opaque files, and the final sync and commit. What
+// both engines write through.
 //
-// A LaunchOutput owns the staging directory (removed unless commit() runs)
-// and the open output image files (io::StagedDirectory removes the staging
-// leftovers of killed syntheses). clone_images() may run on another thread
-// than the rest, but must finish before blocks are written. Otherwise one
-// owner thread; image files may be written from several threads at distinct
-// offsets.
+// Data flows one way: engine -> LaunchOutput -> sink. An engine hands the
+// output runs of verified blocks (write_run); the output cuts an image's tail
+// block, orders the run against a clone still copying the base
+// (engine/clone_tracker.h), splits it at a qcow2 disk's clusters
+// (engine/qcow2_disk.h), and passes the pieces to its sink: pwrite on the
+// writer's thread, or an io::WriteQueue (io_uring, or its pwrite backend)
+// whose completions come back per run. No engine touches the images' file
+// descriptors.
+//
+// Ownership: a LaunchOutput owns the staging directory (an
+// io::StagedDirectory: removed unless commit() runs; creating it removes the
+// staging leftovers of killed syntheses), the open image files, the qcow2
+// disk and the sink. The sink is closed before the images.
+//
+// Thread safety: clone_images() / clone_images_beside_writer() may run on
+// another thread than the rest (engine/launch_clone.cc); blocks are written
+// only once the images exist (clone_images returned, or
+// clone_images_beside_writer called `started`). The write path (open_sink,
+// write_run, submit_writes, drain_writes, close_sink) belongs to one thread
+// at a time, the writer. read_block, write_file and start_writeback may run
+// on other threads meanwhile. cancel_clone: any thread. commit: the owner,
+// once every other thread is done.
 #pragma once
 
 #include <array>
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <mutex>
 #include <span>
 #include <string>
+#include <string_view>
+#include <vector>
 
-#include "codec/frame_codec.h"
 #include "codec/overlay_format.h"
-#include "engine/base_id.h"
 #include "engine/clone_tracker.h"
-#include "engine/frame_decoder.h"  // throw_hash_mismatch, for both engines
+#include "engine/frame_decoder.h"
+#include "engine/qcow2_disk.h"
 #include "engine/synthesis.h"
 #include "engine/vm_dir.h"
 #include "io/file.h"
-#include "io/qcow2_writer.h"
+#include "io/image_clone.h"
 #include "io/staged_dir.h"
+#include "io/write_queue.h"
 
 namespace vmsynth {
 
-// Throws kWrongBase unless the base at `base_dir` is the one the overlay
-// names (sizes, then content id). Returns the id.
-Hash128 check_base(const VmDir& base, const format::FileHeader& h, const BaseIdOptions& id_opts);
-
 class LaunchOutput {
  public:
+  // Creates the staging directory beside out_dir (kExists if out_dir exists
+  // and !force).
   LaunchOutput(const VmDir& base, const format::FileHeader& h, const std::string& out_dir, bool force,
                DiskFormat disk_format = DiskFormat::kRaw);
+  ~LaunchOutput();
+  LaunchOutput(const LaunchOutput&) = delete;
+  LaunchOutput& operator=(const LaunchOutput&) = delete;
 
+  // ---- Starting the images from the base (engine/launch_clone.cc) ----------
   // Creates the output images: memory.img (and, for DiskFormat::kRaw,
   // disk.img) as copies of the base images resized to the launch sizes; for
   // DiskFormat::kQcow2 an empty disk.qcow2 backed by the base's disk.img,
@@ -46,57 +67,69 @@ class LaunchOutput {
   std::string clone_images(io::CloneMethod method);
   // clone_images for an engine whose writer runs at the same time: the images
   // are created and a reflink is tried, then `started` is called (from this
-  // or another thread; writes may begin, each announced with before_write),
-  // then the copies proceed region by region, both images at once, skipping
-  // blocks already written (engine/clone_tracker.h). Returns when both copies
-  // are done. On failure, writers waiting in before_write get the error too.
+  // or another thread; writes may begin), then the copies proceed region by
+  // region, both images at once, skipping blocks already written
+  // (engine/clone_tracker.h). Returns when both copies are done. On failure,
+  // a write_run waiting for a region gets the error too.
   std::string clone_images_beside_writer(io::CloneMethod method, const std::function<void()>& started);
-  // Before writing image bytes [offset, offset + len) while
-  // clone_images_beside_writer runs: may wait for the region being copied.
-  void before_write(unsigned i, uint64_t offset, uint64_t len) {
-    if (trackers_[i]) trackers_[i]->before_write(offset, len);
-  }
   // Stops a clone_images_beside_writer at its next region, or before it
   // starts (the synthesis failed). Any thread.
   void cancel_clone();
-  io::File& image(unsigned i) { return i == image_index(ImageKind::kDisk) && qcow2_ ? qcow2_->file() : images_[i]; }
-  uint64_t image_size(unsigned i) const { return header_.launch_size[i]; }
-  DiskFormat disk_format() const { return disk_format_; }
-  // True when writes to image i need place(): a qcow2 disk.
-  bool mapped(unsigned i) const { return i == image_index(ImageKind::kDisk) && disk_format_ == DiskFormat::kQcow2; }
 
-  // Writes one reconstructed 4096-byte block; the tail block of an image is
-  // cut at the image's end.
-  void write_block(format::BlockAddress a, std::span<const std::byte> block);
-  // Makes a block read as zeros: writes zeros into a raw image, marks a qcow2
-  // disk's block as zero without storing data.
-  void zero_block(format::BlockAddress a);
+  // ---- The write path ------------------------------------------------------
+  struct SinkOptions {
+    // False: every piece is a pwrite on the writer's thread, done before
+    // write_run returns (the serial engine). True: pieces go to an
+    // io::WriteQueue with the backend and depth below (the parallel engine).
+    bool queued = false;
+    WriteBackend backend = WriteBackend::kIoUring;  // queued only; io_uring falls back to pwrite
+    unsigned queue_depth = 64;                      // queued only: requests in flight, 1..4096 (io::WriteQueueOptions)
+  };
+  // Called once per write_run with its tag when the sink no longer needs the
+  // run's bytes, on the writer's thread (inside write_run, submit_writes or
+  // drain_writes). Must not throw or call back into the write path.
+  using RunDone = std::function<void(uint64_t tag)>;
+  // Opens the sink over the output images. REQUIRES: the images exist; not
+  // yet open. Throws kUsage for a bad queue depth, kIo if io_uring fails in a
+  // way that is not a missing feature.
+  void open_sink(const SinkOptions& opts, RunDone done = {});
+  bool sink_open() const { return sink_open_; }
+  // True when image i records zero blocks without storing them (a qcow2
+  // disk): write_run takes null data for them. A raw image is written zeros.
+  bool records_zeros(unsigned i) const {
+    return i == image_index(ImageKind::kDisk) && disk_format_ == DiskFormat::kQcow2;
+  }
+  // Writes `blocks` 4096-byte blocks of image `image`, from block
+  // `first_block`, from `data` (an image's tail block is cut at its end);
+  // null `data`: the blocks read as zeros (REQUIRES records_zeros(image)).
+  // `data` must stay valid and unchanged until done(tag). While
+  // clone_images_beside_writer runs it may wait for the region being copied.
+  // Throws the sink's first error (kIo naming the file and offset) or the
+  // clone's failure.
+  void write_run(unsigned image, uint64_t first_block, uint64_t blocks, const std::byte* data, uint64_t tag = 0);
+  // Hands held-back requests to the kernel without waiting (a queued sink
+  // whose writer is about to wait for input). A no-op otherwise.
+  void submit_writes();
+  // Waits until every run written so far is done (all done() calls made),
+  // then throws the sink's first error, if any.
+  void drain_writes();
+  // Closes the sink: waits for requests in flight (the kernel may still read
+  // their buffers) without calling done() for them and drops any error. For
+  // an engine about to free its buffers after a failure.
+  void close_sink();
+  // The sink's backend, "pwrite" or "io_uring", and why io_uring was not used
+  // ("" when it was, or was not asked for).
+  std::string_view write_backend() const;
+  std::string_view write_fallback() const;
+
   // Reads back a block this synthesis already wrote (zero-padded at the tail).
   // A qcow2 disk's block that was never written reads from the base disk.
   // Safe on any thread for blocks whose write has completed.
   void read_block(format::BlockAddress a, std::span<std::byte> out) const;
 
-  // For a writer that issues its own I/O on image(i).fd(): calls
-  // fn(file_offset, run_offset, length) for each piece of image bytes
-  // [offset, offset + len), where run_offset counts from `offset`. A raw image
-  // is one piece at the same offset; a qcow2 disk is split at its clusters,
-  // which are allocated here (one thread only, like write_block).
-  template <class Fn>
-  void place(unsigned i, uint64_t offset, uint64_t len, Fn&& fn) {
-    if (!mapped(i)) {
-      fn(offset, uint64_t{0}, len);
-      return;
-    }
-    for_each_cluster_piece(offset, len,
-                           [&](uint64_t at, uint64_t done, uint64_t n) { fn(qcow2_->allocate(at, n), done, n); });
-  }
-  // Marks image bytes [offset, offset + len) of a qcow2 disk as zeros.
-  void zero_range(unsigned i, uint64_t offset, uint64_t len);
-
-  // Decodes a file frame (decode_file_frame against this base, which verifies
-  // its hash) and writes the file.
-  void apply_file_frame(codec::FrameCodec& codec, const format::FrameHeader& h, std::span<const std::byte> table,
-                        std::span<const std::byte> payload);
+  // Writes a decoded, verified opaque file (decode_file_frame) into the
+  // output directory. Any thread.
+  void write_file(const DecodedFile& file);
 
   // Starts writeback of what the output images hold so far without waiting
   // for it (sync_file_range SYNC_FILE_RANGE_WRITE), so that commit()'s fsync
@@ -105,34 +138,38 @@ class LaunchOutput {
   // Any thread, once the images exist (clone_images_beside_writer's `started`).
   void start_writeback();
 
-  // Completes a qcow2 disk, syncs every file, then renames the staging
-  // directory to out_dir.
+  // Drains the sink, completes a qcow2 disk, syncs every file, then renames
+  // the staging directory to out_dir.
   void commit();
 
  private:
+  void create_qcow2_disk();
+  io::File& image(unsigned i) { return records_zeros(i) ? qcow2_->file() : images_[i]; }
+  void piece_done(uint32_t run) noexcept;
+
   VmDir base_;
   format::FileHeader header_;
   DiskFormat disk_format_;
   io::StagedDirectory staged_;
-  std::array<io::File, kImageCount> images_;
-  void create_qcow2_disk();
-  // Calls fn(image_offset, run_offset, length) for the pieces of
-  // [offset, offset + len) that lie in one qcow2 cluster each.
-  template <class Fn>
-  static void for_each_cluster_piece(uint64_t offset, uint64_t len, Fn&& fn) {
-    for (uint64_t done = 0; done < len;) {
-      const uint64_t at = offset + done;
-      const uint64_t n = std::min(len - done, io::Qcow2Writer::kClusterSize - at % io::Qcow2Writer::kClusterSize);
-      fn(at, done, n);
-      done += n;
-    }
-  }
+  std::array<io::File, kImageCount> images_;  // raw images (a qcow2 disk's slot stays closed)
+  std::unique_ptr<Qcow2Disk> qcow2_;
 
-  std::unique_ptr<io::Qcow2Writer> qcow2_;
   std::mutex trackers_mu_;  // trackers_ are created on the clone thread, cancelled from another
   bool clone_cancelled_ = false;
   std::array<std::unique_ptr<CloneTracker>, kImageCount> trackers_;
-  io::File base_disk_;  // qcow2: read for blocks the disk does not hold
+
+  // The sink. Runs in flight: each run's tag and its pieces not yet done (+1
+  // while write_run is still handing them over); ids are reused.
+  struct PendingRun {
+    uint64_t tag = 0;
+    unsigned pieces = 0;
+  };
+  bool sink_open_ = false;
+  RunDone run_done_;
+  std::vector<PendingRun> runs_;
+  std::vector<uint32_t> free_runs_;
+  std::unique_ptr<io::WriteQueue> queue_;  // null: pwrite on the writer's thread
+  bool queue_wanted_uring_ = false;
 };
 
 }  // namespace vmsynth

@@ -6,11 +6,9 @@
 #include <atomic>
 #include <mutex>
 #include <cstring>
-#include <optional>
 #include <vector>
 
 #include <tbb/enumerable_thread_specific.h>
-#include <tbb/global_control.h>
 #include <tbb/parallel_for.h>
 #include <tbb/parallel_pipeline.h>
 #include <tbb/task_arena.h>
@@ -240,14 +238,16 @@ CreateStats create_overlay(const CreateOptions& opts) {
 
   CreateStats st;
   const Stopwatch total;
-  // oneTBB caps its workers at the core count unless told otherwise, and says
-  // so on stderr when an arena asks for more; --threads above the core count
-  // (oversubscription, for scaling runs) needs the cap raised. Like the
-  // parallel synthesizer, this is process-wide until the arena-per-handle
-  // rework of the library front door.
-  std::optional<tbb::global_control> workers;
-  if (opts.threads > 0) workers.emplace(tbb::global_control::max_allowed_parallelism, opts.threads);
-  tbb::task_arena arena(opts.threads == 0 ? tbb::task_arena::automatic : static_cast<int>(opts.threads));
+  // The job's own arena, sized by --threads (engine/threads.h: at most what
+  // oneTBB may run in this process). An arena only caps how many of oneTBB's
+  // process-wide workers (by default one fewer than the cores) may join it;
+  // it creates none, and the calling thread runs its tasks too. So more
+  // threads than cores need the application to raise the pool with
+  // tbb::global_control (the CLI's business: a library must not change a
+  // whole-process setting), and several jobs in one process share the pool.
+  // Nothing here blocks on other tasks, so an arena that gets fewer workers
+  // than it asked for, or none, is only slower.
+  tbb::task_arena arena(opts.threads == 0 ? tbb::task_arena::automatic : arena_slots(opts.threads));
 
   Stopwatch t;
   report(opts.progress, "hashing base");

@@ -9,9 +9,9 @@
 
 #include "codec/frame_codec.h"
 #include "common/error.h"
+#include "engine/base_check.h"
 #include "engine/cancel.h"
 #include "engine/frame_decoder.h"
-#include "engine/launch_output.h"
 #include "engine/op_validator.h"
 #include "engine/overlay_reader.h"
 #include "engine/stopwatch.h"

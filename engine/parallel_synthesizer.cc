@@ -3,35 +3,47 @@
 // its errors (codes and context) are those of engine/serial_synthesizer.cc;
 // docs/performance.md ("Parallel engine") explains the design and its numbers.
 //
-//   tickets ──┐
-//             ├─ join (reserving) ─ read ─ sequencer ─ validate ─ reconstruct ─ writer
-//   free slots┘       serial, blocking    (by frame)   serial      N threads    serial
-//        ^                                              │   ^                    │
-//        │                                   parked ────┘   └── SELF_COPY ready ─┤
-//        └──────────────────── slot back when all its writes completed ──────────┘
+//   reader thread          job's task_arena (`threads` slots)           writer thread
+//   ─────────────          ──────────────────────────────────           ─────────────
+//   free slot ─ read ─> sequencer ─ validate ─ reconstruct ─> to_writer ─ write runs
+//      ^        (source)  (by frame)  serial  │  N threads  ^   queue      (output's sink)
+//      │                                      │             │                 │
+//      │                            parked ───┘             └─ SELF_COPY ready┤
+//      └─────────────── slot back when all its writes completed ──────────────┘
 //
-// - A FrameSlot is the token: it owns every buffer a frame needs (stored bytes,
-//   DELTA prefix, decoded payload, reconstructed blocks), so the number of slots
-//   bounds memory (SynthesizeOptions::memory_budget / kSlotWorstCaseBytes) and
-//   buffers are reused instead of reallocated.
-// - read: the only node that touches the ByteSource (blocking reads, serial).
+// - A FrameSlot is the token: it owns the buffers a frame needs (stored bytes,
+//   decoded payload and reconstructed blocks), so the number of slots bounds
+//   memory (SynthesizeOptions::memory_budget / kSlotWorstCaseBytes) and
+//   buffers are reused instead of reallocated. Free slots wait in a SlotQueue.
+// - reader: a std::thread, the only one that touches the ByteSource (blocking
+//   reads). It takes a free slot, reads a frame into it and puts it into the
+//   graph.
 // - validate: decodes the op table and runs the OpValidator in stream order (a
 //   sequencer in front guarantees that order), then resolves SELF_COPY
 //   dependencies (SelfCopyTracker below): a frame whose sources were produced by
 //   frames whose writes are still in flight is parked until they complete.
-// - reconstruct: DELTA prefix and BASE_COPY read from the base (pread),
-//   zstd decode, SELF_COPY read back from the output, XXH3 verification of every
-//   block, and coalescing of adjacent blocks into write runs. Parallel.
-// - writer: waits once for the clone, then hands runs to an io::WriteQueue; the
-//   completion callback returns the slot, releases parked frames and reports
-//   progress. It drains the queue whenever it has nothing else queued, so
-//   completions never stall behind a source that is waiting for input.
+// - reconstruct: the serial engine's op applier (BlockFrameDecoder,
+//   engine/frame_decoder.h: DELTA prefix and BASE_COPY read from the base,
+//   zstd decode, SELF_COPY read back from the output, XXH3 verification of
+//   every block) into the slot's buffer, then coalescing of adjacent blocks
+//   into write runs, queued for the writer. Parallel.
+// - writer: a std::thread. Waits once for the clone, then hands runs to the
+//   LaunchOutput (engine/launch_output.h), whose sink is an io::WriteQueue;
+//   the completion callback returns the slot, releases parked frames and
+//   reports progress. It drains the sink whenever it has nothing else queued,
+//   so completions never stall behind a source that is waiting for input.
 //
-// The arena has threads + 2 slots: the reader and the writer mostly block (input,
-// kernel), so they must not take decoding threads away. Outside the graph, the
-// clone thread copies the base (LaunchOutput::clone_images_beside_writer) and a
-// flusher thread starts writeback every kWritebackInterval (synthesize_parallel).
+// The blocking ends (reader, writer) are threads of their own, outside the
+// arena, so that the arena's threads only ever compute: see run() for why
+// that keeps a job safe when oneTBB lends its arena fewer workers than it
+// has slots. Also outside the graph, the clone threads copy the base
+// (LaunchOutput::clone_images_beside_writer) and a flusher thread starts
+// writeback every kWritebackInterval (synthesize_parallel).
 #include <sys/types.h>
+#include <tbb/enumerable_thread_specific.h>
+#include <tbb/flow_graph.h>
+#include <tbb/info.h>
+#include <tbb/task_arena.h>
 
 #include <algorithm>
 #include <array>
@@ -39,6 +51,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
+#include <deque>
 #include <exception>
 #include <future>
 #include <limits>
@@ -50,21 +63,17 @@
 #include <unordered_map>
 #include <vector>
 
-#include <tbb/enumerable_thread_specific.h>
-#include <tbb/flow_graph.h>
-#include <tbb/global_control.h>
-#include <tbb/info.h>
-#include <tbb/task_arena.h>
-
 #include "codec/frame_codec.h"
 #include "common/error.h"
+#include "engine/base_check.h"
 #include "engine/cancel.h"
+#include "engine/frame_decoder.h"
 #include "engine/launch_output.h"
 #include "engine/op_validator.h"
 #include "engine/overlay_reader.h"
 #include "engine/stopwatch.h"
 #include "engine/synthesis.h"
-#include "io/write_queue.h"
+#include "engine/threads.h"
 
 namespace vmsynth {
 
@@ -74,7 +83,6 @@ using format::kBlockSize;
 using format::OpKind;
 
 namespace {
-
 
 // Worst-case bytes one blocks frame holds while in flight: stored table and
 // payload (<= 4 MiB + zstd overhead + table) and decoded content (one 4 KiB
@@ -213,7 +221,7 @@ class SelfCopyTracker {
   static uint64_t key(BlockAddress a) { return (uint64_t{a.image} << 63) | a.block; }
 
   std::mutex mu_;
-  std::unordered_map<uint64_t, uint64_t> producer_;              // block -> frame in flight
+  std::unordered_map<uint64_t, uint64_t> producer_;                // block -> frame in flight
   std::unordered_map<uint64_t, std::vector<FrameSlot*>> waiters_;  // frame -> parked frames
   std::atomic<size_t> parked_{0};
 };
@@ -260,18 +268,77 @@ std::exception_ptr current_with(const std::string& where) {
   }
 }
 
+// A queue of frame slots between a thread outside the arena (the reader, the
+// writer) and the others, so that the blocking ends of the pipeline wait
+// here, on a condition variable, and never inside the arena. close() (a
+// failure) wakes every waiter and makes pop() return null. The writer's
+// queue also knows, once the reader has ended, how many frames will come in
+// all (set_expected), and pop() returns null when they have all been taken.
+// Thread safety: all members, any thread.
+class SlotQueue {
+ public:
+  void push(FrameSlot* s) {
+    {
+      std::lock_guard lock(mu_);
+      items_.push_back(s);
+    }
+    cv_.notify_one();
+  }
+  // Waits for a slot; null once closed, or once `taken` reached the expected count.
+  FrameSlot* pop(uint64_t taken = 0) {
+    std::unique_lock lock(mu_);
+    cv_.wait(lock, [&] { return closed_ || !items_.empty() || taken == expected_; });
+    if (closed_ || items_.empty()) return nullptr;
+    FrameSlot* s = items_.front();
+    items_.pop_front();
+    return s;
+  }
+  bool empty() {
+    std::lock_guard lock(mu_);
+    return items_.empty();
+  }
+  void set_expected(uint64_t n) {
+    {
+      std::lock_guard lock(mu_);
+      expected_ = n;
+    }
+    cv_.notify_all();
+  }
+  void close() {
+    {
+      std::lock_guard lock(mu_);
+      closed_ = true;
+    }
+    cv_.notify_all();
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<FrameSlot*> items_;
+  uint64_t expected_ = std::numeric_limits<uint64_t>::max();
+  bool closed_ = false;
+};
+
 class ParallelSynthesis {
  public:
-  ParallelSynthesis(const SynthesizeOptions& opts, OverlayReader& reader, LaunchOutput& out, const std::array<io::File, kImageCount>& base,
-                    std::shared_future<void> clone_started, unsigned threads, unsigned slot_count, SynthesizeStats& st)
+  ParallelSynthesis(const SynthesizeOptions& opts, OverlayReader& reader, LaunchOutput& out, const VmDir& base_dir,
+                    const BaseBlockReader& base, std::shared_future<void> clone_started, unsigned threads,
+                    unsigned slot_count, SynthesizeStats& st)
       : opts_(opts),
         reader_(reader),
         out_(out),
-        base_(base),
+        base_dir_(base_dir),
+        // pread, not a mapping: pages of a mapped base would count in the
+        // resident set and grow it with the image size.
+        sources_{.base = [&base](BlockAddress a, std::span<std::byte> b) { base.read(a, b); },
+                 // The source's frame has completed its writes (SelfCopyTracker).
+                 .launch = [&out](BlockAddress a, std::span<std::byte> b) { out.read_block(a, b); }},
         clone_started_(std::move(clone_started)),
         threads_(threads),
         validator_(reader.header()),
-        table_codec_(reader.keys()), codecs_([&reader] { return codec::FrameCodec(reader.keys()); }),
+        table_codec_(reader.keys()),
+        codecs_([&reader] { return codec::FrameCodec(reader.keys()); }),
         st_(st) {
     slots_.reserve(slot_count);
     for (unsigned i = 0; i < slot_count; ++i) {
@@ -281,89 +348,86 @@ class ParallelSynthesis {
   }
 
   ~ParallelSynthesis() {
-    // The kernel may still read slot buffers: stop the queue before they go.
-    queue_.reset();
+    // The kernel may still read slot buffers, and completions call back into
+    // this object: close the output's sink before they go.
+    out_.close_sink();
   }
 
   // Runs the graph to the end of the stream or the first error; throws it.
   void run() {
-    // oneTBB caps its worker pool at the core count by default; the reader and
-    // the writer spend most of their time blocked, so allow two more threads.
-    tbb::global_control workers(tbb::global_control::max_allowed_parallelism, threads_ + 2);
-    tbb::task_arena arena(static_cast<int>(threads_ + 2));
+    // The job's own arena, `threads` slots, one of them reserved for this
+    // (the calling) thread. An arena does not own threads: oneTBB has one
+    // worker pool per process (one worker fewer than the cores, unless the
+    // application sets tbb::global_control, which a library must not, or the
+    // process's first arena asked for more), and it lends each arena up to its slot count minus the reserved
+    // one, sharing them out when several arenas ask for more than the pool
+    // has. So an arena may get fewer workers than it asks for, or none for a
+    // while (eight syntheses of threads=2 on two cores share one worker);
+    // then this thread, waiting in wait_for_all, runs the graph's tasks
+    // alone. That is safe because nothing in the arena ever blocks on other
+    // work: the nodes in it (validate, reconstruct) only compute and read
+    // files, and the blocking parts, the reader (the ByteSource) and the
+    // writer (the kernel, the clone), are dedicated std::threads outside it
+    // that hand frames in and take them out through queues. A task never
+    // waits for them, and they only wait for tasks through those queues.
+    // (engine/threads.h: at most as many slots as oneTBB may run at all; the
+    // reconstruct node's concurrency stays `threads`.)
+    tbb::task_arena arena(arena_slots(threads_));
     arena.execute([&] { run_graph(); });
-    if (!errors_.failed()) {
-      // Completions reaped here only finish bookkeeping: no frame is parked
-      // once the graph is idle (the writer drained before going idle).
-      start_writing();
-      queue_->drain();
-      if (frames_done_ != frames_read_) {
-        throw Error(ErrorCode::kCorrupt, "internal error: " + std::to_string(frames_read_ - frames_done_) +
-                                             " frames were not applied");
-      }
+    if (!errors_.failed() && frames_done_ != frames_read_) {
+      throw Error(ErrorCode::kCorrupt,
+                  "internal error: " + std::to_string(frames_read_ - frames_done_) + " frames were not applied");
     }
     throw_if_cancelled(opts_.cancel);
     if (auto e = errors_.get()) std::rethrow_exception(e);
-    st_.write_backend = std::string(queue_->backend());
-    if (opts_.write_backend != WriteBackend::kPwrite) {
-      st_.write_fallback = std::string(queue_->fallback_reason());
-    }
+    st_.write_backend = std::string(out_.write_backend());
+    st_.write_fallback = std::string(out_.write_fallback());
   }
 
  private:
-  using Ticket = uint64_t;
-  using ReadInput = std::tuple<Ticket, FrameSlot*>;
-  using ReadNode = tbb::flow::multifunction_node<ReadInput, std::tuple<FrameSlot*>>;
   using ValidateNode = tbb::flow::multifunction_node<FrameSlot*, std::tuple<FrameSlot*>>;
-  using ReconstructNode = tbb::flow::multifunction_node<FrameSlot*, std::tuple<FrameSlot*>>;
-  using WriterNode = tbb::flow::function_node<FrameSlot*, tbb::flow::continue_msg>;
+  using ReconstructNode = tbb::flow::function_node<FrameSlot*, tbb::flow::continue_msg>;
 
+  // In this job's arena (the graph is bound to the arena it is built in).
   void run_graph() {
     tbb::flow::graph g;
     graph_ = &g;
-    tbb::flow::input_node<Ticket> tickets(g, [this, next = Ticket{0}](tbb::flow_control& fc) mutable -> Ticket {
-      FencedBody fenced;
-      if (stop_reading_.load(std::memory_order_acquire)) fc.stop();
-      return next++;
-    });
-    tbb::flow::buffer_node<FrameSlot*> free_slots(g);
-    tbb::flow::join_node<ReadInput, tbb::flow::reserving> join(g);
-    ReadNode read(g, tbb::flow::serial, [this](const ReadInput& in, ReadNode::output_ports_type& p) {
-      FencedBody fenced;
-      read_frame(std::get<1>(in), p);
-    });
     tbb::flow::sequencer_node<FrameSlot*> in_order(g, [](FrameSlot* s) { return static_cast<size_t>(s->seq); });
     ValidateNode validate(g, tbb::flow::serial, [this](FrameSlot* s, ValidateNode::output_ports_type& p) {
       FencedBody fenced;
       validate_frame(*s, p);
     });
-    ReconstructNode reconstruct(g, threads_, [this](FrameSlot* s, ReconstructNode::output_ports_type& p) {
+    ReconstructNode reconstruct(g, threads_, [this](FrameSlot* s) {
       FencedBody fenced;
-      reconstruct_frame(*s, p);
-    });
-    WriterNode writer(g, tbb::flow::serial, [this](FrameSlot* s) {
-      FencedBody fenced;
-      write_frame(*s);
+      reconstruct_frame(*s);
       return tbb::flow::continue_msg();
     });
-    tbb::flow::make_edge(tickets, tbb::flow::input_port<0>(join));
-    tbb::flow::make_edge(free_slots, tbb::flow::input_port<1>(join));
-    tbb::flow::make_edge(join, read);
-    tbb::flow::make_edge(tbb::flow::output_port<0>(read), in_order);
     tbb::flow::make_edge(in_order, validate);
     tbb::flow::make_edge(tbb::flow::output_port<0>(validate), reconstruct);
-    tbb::flow::make_edge(tbb::flow::output_port<0>(reconstruct), writer);
-    free_slots_ = &free_slots;
+    in_order_ = &in_order;
     reconstruct_ = &reconstruct;
-
     {
       FencedBody fenced;
-      for (auto& s : slots_) free_slots.try_put(s.get());
-      tickets.activate();
-    }
-    g.wait_for_all();
+      for (auto& slot : slots_) free_slots_.push(slot.get());
+      // The graph must not look idle while the reader and the writer, outside
+      // it, may still put frames in: one wait reservation each, released
+      // when they end (on every path).
+      auto start = [&](void (ParallelSynthesis::*loop)()) {
+        g.reserve_wait();
+        try {
+          return std::jthread([this, loop] { (this->*loop)(); });
+        } catch (...) {
+          g.release_wait();
+          fail(current_with(""), 0);  // the other thread stops too
+          return std::jthread();
+        }
+      };
+      std::jthread reader = start(&ParallelSynthesis::read_loop);
+      std::jthread writer = start(&ParallelSynthesis::write_loop);
+      g.wait_for_all();
+    }  // joins the reader and the writer
     FencedBody after_graph;
-    free_slots_ = nullptr;
+    in_order_ = nullptr;
     reconstruct_ = nullptr;
     graph_ = nullptr;
   }
@@ -371,27 +435,41 @@ class ParallelSynthesis {
   void fail(std::exception_ptr e, uint64_t position) {
     errors_.record(std::move(e), position);
     stop_reading_.store(true, std::memory_order_release);
-    if (graph_ != nullptr) graph_->cancel();
+    free_slots_.close();
+    to_writer_.close();
+    graph_->cancel();
   }
 
-  // ---- read (serial; the only node that reads the source) -----------------
-  void read_frame(FrameSlot* s, ReadNode::output_ports_type& p) {
-    if (stop_reading_.load(std::memory_order_acquire) || errors_.failed()) return;
+  // ---- reader (its own thread; the only one that reads the source) --------
+  void read_loop() {
+    while (FrameSlot* s = free_slots_.pop()) {
+      FencedBody fenced;
+      if (!read_frame(*s)) break;
+    }
+    to_writer_.set_expected(frames_read_.load(std::memory_order_relaxed));
+    graph_->release_wait();
+  }
+
+  // Reads the next frame into `s` and hands it to the graph; false at the end
+  // of the stream or on an error.
+  bool read_frame(FrameSlot& s) {
+    if (stop_reading_.load(std::memory_order_acquire) || errors_.failed()) return false;
     try {
       throw_if_cancelled(opts_.cancel);
-      if (!reader_.next(s->frame)) {
+      if (!reader_.next(s.frame)) {
         stop_reading_.store(true, std::memory_order_release);
-        return;
+        return false;
       }
     } catch (...) {
       fail(current_with(""), reader_.frames_read() + 1);
-      return;
+      return false;
     }
-    s->seq = s->frame.header.index;
-    s->end_offset = reader_.bytes_read();
+    s.seq = s.frame.header.index;
+    s.end_offset = reader_.bytes_read();
     frames_read_.fetch_add(1, std::memory_order_relaxed);
-    s->publish();
-    std::get<0>(p).try_put(s);
+    s.publish();
+    in_order_->try_put(&s);
+    return true;
   }
 
   // ---- validate (serial, stream order) ------------------------------------
@@ -416,114 +494,88 @@ class ParallelSynthesis {
   }
 
   // ---- reconstruct (parallel) ---------------------------------------------
-  void reconstruct_frame(FrameSlot& s, ReconstructNode::output_ports_type& p) {
+  void reconstruct_frame(FrameSlot& s) {
     s.acquire();
     if (errors_.failed()) return;
     try {
       codec::FrameCodec& codec = codecs_.local();
       const format::FrameHeader& h = s.frame.header;
       if (h.type == format::FrameType::kFile) {
-        out_.apply_file_frame(codec, h, s.frame.table(), s.frame.payload());
+        out_.write_file(decode_file_frame(codec, h, s.frame.table(), s.frame.payload(), &base_dir_));
       } else {
-        rebuild_blocks(s, codec);
+        decode_to_runs(s, codec);
       }
     } catch (...) {
       fail(current_with(s.where()), s.seq + 1);
       return;
     }
-    to_writer_.fetch_add(1, std::memory_order_acq_rel);
     s.publish();
-    std::get<0>(p).try_put(&s);
+    to_writer_.push(&s);
   }
 
-  void rebuild_blocks(FrameSlot& s, codec::FrameCodec& codec) {
-    const format::FrameHeader& h = s.frame.header;
-    // pread, not a mapping: pages of a mapped base would count in the resident
-    // set and grow it with the image size. Past the base's end reads zeros.
-    auto base_block = [&](BlockAddress a, std::byte* dst) {
-      size_t n = base_[a.image].pread_some(std::span(dst, kBlockSize), a.block * kBlockSize);
-      std::memset(dst + n, 0, kBlockSize - n);
-    };
-    size_t delta_ops = 0;
-    for (const BlockOp& op : s.ops) delta_ops += op.kind == OpKind::kDelta;
-    // The DELTA prefix is only needed while decoding: one buffer per thread.
-    std::vector<std::byte>& prefix = prefixes_.local();
-    prefix.resize(delta_ops * kBlockSize);
-    size_t at = 0;
-    for (const BlockOp& op : s.ops) {
-      if (op.kind != OpKind::kDelta) continue;
-      base_block(op.target, prefix.data() + at);
-      at += kBlockSize;
-    }
-    s.content.resize(s.ops.size() * kBlockSize);
-    codec.decode_payload(h, s.frame.payload(), prefix, std::span(s.content).first(h.payload_raw));
-    std::byte* const payload = s.content.data();
-    std::byte* const blocks = s.content.data() + h.payload_raw;
-
-    size_t payload_at = 0, blocks_at = 0;
+  // The frame's blocks (engine/frame_decoder.h, which verifies them) into
+  // the slot's buffer, then coalesced into write runs.
+  void decode_to_runs(FrameSlot& s, codec::FrameCodec& codec) {
     s.runs.clear();
-    for (const BlockOp& op : s.ops) {
-      std::byte* content = nullptr;
-      switch (op.kind) {
-        case OpKind::kZero:
-          content = blocks + blocks_at;
-          std::memset(content, 0, kBlockSize);
-          blocks_at += kBlockSize;
-          break;
-        case OpKind::kBaseCopy:
-          content = blocks + blocks_at;
-          base_block(op.source, content);
-          blocks_at += kBlockSize;
-          break;
-        case OpKind::kSelfCopy:
-          content = blocks + blocks_at;
-          // The source's frame has completed its writes (SelfCopyTracker).
-          out_.read_block(op.source, std::span(content, kBlockSize));
-          blocks_at += kBlockSize;
-          break;
-        case OpKind::kDelta:
-        case OpKind::kLiteral:
-          content = payload + payload_at;
-          payload_at += kBlockSize;
-          break;
-      }
-      if (hash128(std::span<const std::byte>(content, kBlockSize)) != op.hash) throw_hash_mismatch(op);
+    const BlockFrameDecoder::Emit add_to_runs = [&](const BlockOp& op, std::span<const std::byte> block) {
       // A qcow2 disk records zeros instead of storing them.
-      if (op.kind == OpKind::kZero && out_.mapped(op.target.image)) content = nullptr;
+      const std::byte* content =
+          op.kind == OpKind::kZero && out_.records_zeros(op.target.image) ? nullptr : block.data();
       if (!s.runs.empty()) {
         WriteRun& r = s.runs.back();
         if (r.image == op.target.image && r.first_block + r.blocks == op.target.block &&
             (r.data == nullptr ? content == nullptr
                                : content != nullptr && r.data + r.blocks * kBlockSize == content)) {
           ++r.blocks;
-          continue;
+          return;
         }
       }
       s.runs.push_back({op.target.image, op.target.block, 1, content});
-    }
+    };
+    // One decoder per thread: its DELTA prefix buffer is only needed while decoding.
+    decoders_.local().decode(codec, s.frame.header, s.frame.payload(), s.ops, sources_, add_to_runs, s.content);
   }
 
-  // ---- writer (serial) ----------------------------------------------------
-  // Waits for the clone (once) and opens the write queue over its images.
-  void start_writing() {
-    if (queue_) return;
-    clone_started_.get();  // rethrows a clone failure
-    io::WriteQueueOptions qo;
-    qo.queue_depth = opts_.queue_depth;
-    qo.force_pwrite = opts_.write_backend == WriteBackend::kPwrite;
-    std::vector<int> fds;
-    std::vector<std::string> names;
-    for (unsigned i = 0; i < kImageCount; ++i) {
-      fds.push_back(out_.image(i).fd());
-      names.push_back(out_.image(i).path());
+  // ---- writer (its own thread) --------------------------------------------
+  // Takes reconstructed frames until every frame read has come through (or
+  // the synthesis failed), then waits for the last writes.
+  void write_loop() {
+    uint64_t taken = 0;
+    while (FrameSlot* s = to_writer_.pop(taken)) {
+      ++taken;
+      FencedBody fenced;
+      write_frame(*s);
     }
-    queue_ = io::WriteQueue::open(std::move(fds), qo, [this](uint64_t tag) { write_completed(tag); },
-                                  std::move(names));
+    if (!errors_.failed()) {
+      FencedBody fenced;
+      try {
+        start_writing();  // even for an overlay without frames: the clone's errors, the sink's stats
+      } catch (...) {
+        fail(current_with(""), 0);
+      }
+      if (!errors_.failed()) {
+        try {
+          // Completions reaped here only finish bookkeeping: no frame is parked
+          // once every frame has reached the writer.
+          out_.drain_writes();
+        } catch (...) {
+          fail(current_with(""), std::numeric_limits<uint64_t>::max());
+        }
+      }
+    }
+    graph_->release_wait();
+  }
+
+  // Waits for the clone (once) and opens the output's sink over its images.
+  void start_writing() {
+    if (out_.sink_open()) return;
+    clone_started_.get();  // rethrows a clone failure
+    out_.open_sink({.queued = true, .backend = opts_.write_backend, .queue_depth = opts_.queue_depth},
+                   [this](uint64_t tag) { write_completed(tag); });
   }
 
   void write_frame(FrameSlot& s) {
     s.acquire();
-    to_writer_.fetch_sub(1, std::memory_order_acq_rel);
     if (errors_.failed()) return;
     try {
       try {
@@ -532,36 +584,25 @@ class ParallelSynthesis {
         fail(current_with(""), 0);  // a clone failure comes before every frame
         return;
       }
-      s.writes_pending = 1;  // until every piece is queued
-      for (const WriteRun& r : s.runs) {
-        const uint64_t offset = r.first_block * kBlockSize;
-        const uint64_t size = std::min(r.blocks * kBlockSize, out_.image_size(r.image) - offset);
-        out_.before_write(r.image, offset, size);  // the base clone copies around it
-        if (r.data == nullptr) {
-          out_.zero_range(r.image, offset, size);
-          continue;
-        }
-        // A qcow2 disk splits the run at its clusters (allocated here).
-        out_.place(r.image, offset, size, [&](uint64_t file_offset, uint64_t from, uint64_t len) {
-          ++s.writes_pending;
-          queue_->write(r.image, file_offset, std::span(r.data + from, static_cast<size_t>(len)), s.id);
-        });
-      }
+      // One completion per run (the output counts a qcow2 disk's cluster
+      // pieces), plus the writer's own until every run is handed over.
+      s.writes_pending = static_cast<unsigned>(s.runs.size()) + 1;
+      for (const WriteRun& r : s.runs) out_.write_run(r.image, r.first_block, r.blocks, r.data, s.id);
       write_completed(s.id);
       // Nothing else queued for the writer (or a frame waits for writes):
       // wait for the kernel now rather than leave completions unreaped.
-      if (to_writer_.load(std::memory_order_acquire) == 0 || tracker_.parked() > 0) {
-        queue_->drain();
+      if (to_writer_.empty() || tracker_.parked() > 0) {
+        out_.drain_writes();
       } else {
-        queue_->submit();
+        out_.submit_writes();
       }
     } catch (...) {
       fail(current_with(s.where()), s.seq + 1);
     }
   }
 
-  // From the queue's completion callback (writer thread, or the main thread in
-  // the final drain) and for the writer's own +1. Must not throw.
+  // From the output's completion callback and for the writer's own +1, on the
+  // writer's thread. Must not throw.
   void write_completed(uint64_t tag) noexcept {
     FrameSlot& s = *slots_[tag];
     if (--s.writes_pending > 0) return;
@@ -584,57 +625,53 @@ class ParallelSynthesis {
     progress_ = std::max(progress_, s.end_offset);
     report(opts_.progress, "applying", progress_, opts_.source_size);
     s.recycle();
-    if (graph_ == nullptr) return;  // final drain: the graph is gone
     for (FrameSlot* r : ready_) {
       r->publish();
-      reconstruct_->try_put(r);
+      reconstruct_->try_put(r);  // from outside the arena: a task for one of its threads
     }
     s.publish();
-    free_slots_->try_put(&s);
+    free_slots_.push(&s);
   }
 
   const SynthesizeOptions& opts_;
   OverlayReader& reader_;
   LaunchOutput& out_;
-  const std::array<io::File, kImageCount>& base_;
-  std::shared_future<void> clone_started_;  // the output images exist; writes may begin
+  const VmDir& base_dir_;                     // opaque files encoded against the base's
+  const BlockFrameDecoder::Sources sources_;  // read from any reconstruct thread
+  std::shared_future<void> clone_started_;    // the output images exist; writes may begin
   const unsigned threads_;
 
-  OpValidator validator_;      // validate node only
-  codec::FrameCodec table_codec_;  // validate node only
-  tbb::enumerable_thread_specific<codec::FrameCodec> codecs_;  // reconstruct node
-  tbb::enumerable_thread_specific<std::vector<std::byte>> prefixes_;  // reconstruct node
+  OpValidator validator_;                                        // validate node only
+  codec::FrameCodec table_codec_;                                // validate node only
+  tbb::enumerable_thread_specific<codec::FrameCodec> codecs_;    // reconstruct node
+  tbb::enumerable_thread_specific<BlockFrameDecoder> decoders_;  // reconstruct node
   SelfCopyTracker tracker_;
   FirstError errors_;
   std::atomic<bool> stop_reading_{false};
-  std::atomic<uint64_t> to_writer_{0};  // frames reconstructed, not yet taken by the writer
   std::atomic<uint64_t> frames_read_{0};
+  SlotQueue free_slots_;  // slots whose frame is done: the reader's input
+  SlotQueue to_writer_;   // frames reconstructed: the writer's input
 
   std::vector<std::unique_ptr<FrameSlot>> slots_;
-  // Writer state (the writer node, then the main thread after the graph).
-  std::unique_ptr<io::WriteQueue> queue_;
+  // Writer state (the writer thread).
   std::vector<FrameSlot*> ready_;
   uint64_t frames_done_ = 0;
   uint64_t progress_ = 0;
   SynthesizeStats& st_;
 
   tbb::flow::graph* graph_ = nullptr;
-  tbb::flow::buffer_node<FrameSlot*>* free_slots_ = nullptr;
+  tbb::flow::sequencer_node<FrameSlot*>* in_order_ = nullptr;
   ReconstructNode* reconstruct_ = nullptr;
 };
 
 }  // namespace
 
-std::string_view write_backend_name(WriteBackend b) { return name_of(b); }
-
-WriteBackend parse_write_backend(std::string_view name) { return parse_enum<WriteBackend>(name, "write backend"); }
-
 SynthesizeStats synthesize_parallel(io::ByteSource& src, const SynthesizeOptions& opts) {
   const Stopwatch total;
   check_synthesize_options(opts);
   if (opts.memory_budget < (16u << 20)) {
-    throw Error(ErrorCode::kUsage, "memory budget " + std::to_string(opts.memory_budget) +
-                                       " bytes is too small; use at least 16 MiB");
+    throw Error(ErrorCode::kUsage,
+                "memory budget " + std::to_string(opts.memory_budget) + " bytes is too small; use at least 16 MiB");
   }
   SynthesizeStats st;
   st.engine = "parallel";
@@ -657,8 +694,7 @@ SynthesizeStats synthesize_parallel(io::ByteSource& src, const SynthesizeOptions
 
   LaunchOutput out(base, h, opts.out_dir, opts.force, opts.disk_format);
   st.disk_format = disk_format_name(opts.disk_format);
-  std::array<io::File, kImageCount> base_images;
-  for (ImageKind k : kImageKinds) base_images[static_cast<unsigned>(k)] = io::File::open_read(base.image(k));
+  const BaseBlockReader base_blocks(base);
 
   // The clone runs beside the graph: frames are read, validated, decoded and
   // written meanwhile (the writer waits only until the output images exist;
@@ -711,7 +747,7 @@ SynthesizeStats synthesize_parallel(io::ByteSource& src, const SynthesizeOptions
   t.restart();
   report(opts.progress, "applying", 0, opts.source_size);
   try {
-    ParallelSynthesis run(opts, reader, out, base_images, clone_started, threads, slot_count, st);
+    ParallelSynthesis run(opts, reader, out, base, base_blocks, clone_started, threads, slot_count, st);
     run.run();
   } catch (...) {
     out.cancel_clone();  // the output is discarded: do not copy the rest of the base

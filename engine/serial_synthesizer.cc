@@ -6,6 +6,7 @@
 
 #include "codec/frame_codec.h"
 #include "common/error.h"
+#include "engine/base_check.h"
 #include "engine/cancel.h"
 #include "engine/frame_decoder.h"
 #include "engine/launch_output.h"
@@ -40,6 +41,7 @@ SynthesizeStats synthesize_serial(io::ByteSource& src, const SynthesizeOptions& 
   report(opts.progress, "copying base");
   st.clone_method = out.clone_images(opts.clone);
   st.seconds_clone = t.seconds();
+  out.open_sink({});  // pwrite on this thread: each block is written before the next is decoded
 
   t.restart();
   const BaseBlockReader base_blocks(base);
@@ -49,11 +51,9 @@ SynthesizeStats synthesize_serial(io::ByteSource& src, const SynthesizeOptions& 
       .launch = [&](format::BlockAddress a, std::span<std::byte> b) { out.read_block(a, b); },
   };
   const BlockFrameDecoder::Emit write = [&](const BlockOp& op, std::span<const std::byte> content) {
-    if (op.kind == OpKind::kZero) {
-      out.zero_block(op.target);
-    } else {
-      out.write_block(op.target, content);
-    }
+    // A qcow2 disk records zeros instead of storing them.
+    const bool zeros = op.kind == OpKind::kZero && out.records_zeros(op.target.image);
+    out.write_run(op.target.image, op.target.block, 1, zeros ? nullptr : content.data());
     ++st.kind_count[static_cast<unsigned>(op.kind)];
     ++st.blocks_written;
   };
@@ -69,7 +69,7 @@ SynthesizeStats synthesize_serial(io::ByteSource& src, const SynthesizeOptions& 
       if (frame.header.type == format::FrameType::kFile) {
         format::FileRecord rec = codec.decode_file_table(frame.header, frame.table());
         validator.check_file(rec.id);
-        out.apply_file_frame(codec, frame.header, frame.table(), frame.payload());
+        out.write_file(decode_file_frame(codec, frame.header, frame.table(), frame.payload(), &base));
         continue;
       }
       std::vector<BlockOp> ops = codec.decode_blocks_table(frame.header, frame.table());

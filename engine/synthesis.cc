@@ -1,5 +1,5 @@
 // The synthesis entry point shared by both engines: the checks made before
-// anything is read, and the choice of engine.
+// anything is read, the choice of engine, and the names of its options.
 #include "engine/synthesis.h"
 
 #include "common/error.h"
@@ -17,6 +17,14 @@ void check_synthesize_options(const SynthesizeOptions& opts) {
   io::refuse_output_over_input("--out", opts.out_dir, inputs);
   check_thread_count(opts.threads);
 }
+
+std::string_view disk_format_name(DiskFormat f) { return name_of(f); }
+
+DiskFormat parse_disk_format(std::string_view name) { return parse_enum<DiskFormat>(name, "disk format"); }
+
+std::string_view write_backend_name(WriteBackend b) { return name_of(b); }
+
+WriteBackend parse_write_backend(std::string_view name) { return parse_enum<WriteBackend>(name, "write backend"); }
 
 SynthesizeStats synthesize(io::ByteSource& src, const SynthesizeOptions& opts) {
   return opts.engine == EngineKind::kSerial ? synthesize_serial(src, opts) : synthesize_parallel(src, opts);

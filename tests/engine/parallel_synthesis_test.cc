@@ -492,6 +492,45 @@ TEST(ParallelSynthesis, CancellingOneJobLeavesAnotherRunning) {
   EXPECT_TRUE(std::filesystem::exists(p.dir.sub("b") + "/memory.img"));
 }
 
+// Eight syntheses in one process, each from its own std::thread with
+// threads=2: each job's task_arena asks oneTBB's process-wide worker pool for
+// more workers than this machine has (2 cores: one worker, shared by eight
+// arenas), so most arenas run on their calling thread alone. None may wait
+// for work that only another of its arena's threads could do, and each output
+// must still be exact.
+TEST(ParallelSynthesis, EightConcurrentSynthesesInOneProcess) {
+  Prepared p("every_op_kind");
+  constexpr unsigned kJobs = 8;
+  std::vector<std::exception_ptr> errors(kJobs);
+  std::vector<SynthesizeStats> stats(kJobs);
+  {
+    std::vector<std::jthread> jobs;
+    for (unsigned i = 0; i < kJobs; ++i) {
+      jobs.emplace_back([&, i] {
+        try {
+          auto o = testutil::synth_options(p.base, p.dir.sub("out" + std::to_string(i)), EngineKind::kParallel, 2);
+          stats[i] = testutil::synthesize_file(p.overlay, o);
+        } catch (...) {
+          errors[i] = std::current_exception();
+        }
+      });
+    }
+  }
+  for (unsigned i = 0; i < kJobs; ++i) {
+    SCOPED_TRACE("job " + std::to_string(i));
+    if (errors[i]) {
+      try {
+        std::rethrow_exception(errors[i]);
+      } catch (const std::exception& e) {
+        ADD_FAILURE() << e.what();
+      }
+      continue;
+    }
+    EXPECT_EQ(stats[i].threads, 2u);
+    EXPECT_EQ(testutil::vm_dir_difference(p.dir.sub("out" + std::to_string(i)), p.launch), "");
+  }
+}
+
 TEST(ParallelSynthesis, SmallMemoryBudgetStillCompletes) {
   // ~48 MiB of payload through the smallest budget (16 MiB: two frames in
   // flight) with more threads than frames.
