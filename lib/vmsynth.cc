@@ -151,8 +151,7 @@ struct vmsynth_synth {
   // `src`: what the engine read.
   void succeed(const vmsynth::io::ByteSource& src) {
     // The last call: every byte of the overlay consumed.
-    vmsynth::report(opts.progress, "finished", stats.overlay_bytes,
-                    opts.source_size != 0 ? opts.source_size : stats.overlay_bytes);
+    vmsynth::report(opts.progress, "finished", stats.overlay_bytes, opts.source_size);
     nlohmann::json j = vmsynth::lib::synthesize_json(stats, opts.out_dir);
     const auto first = src.first_byte_at();
     j["seconds"]["since_first_byte"] =

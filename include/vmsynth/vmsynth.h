@@ -123,9 +123,9 @@ VMSYNTH_API int vmsynth_params_set(vmsynth_params *p, const char *name, const ch
 VMSYNTH_API const char *vmsynth_params_error(const vmsynth_params *p);
 /* Progress of the operation: bytes done out of total (total 0 = unknown).
  * For synthesis, overlay bytes consumed (total: the file's size, or
- * overlay_size when fed), ending, on success, with a call whose done is every
- * byte of the overlay; for creation, image bytes compared, then bytes encoded
- * (done starts again at 0 when total changes). Stretches that count nothing
+ * overlay_size when fed; 0 otherwise), ending, on success, with a call whose
+ * done is every byte of the overlay; for creation, image bytes compared, then
+ * bytes encoded (done starts again at 0 when total changes). Stretches that count nothing
  * (checking the base, syncing) make no calls; the phase callback below names
  * them. Called from a library thread, never two calls at once; keep it short
  * and do not call back into the same handle. NULL fn: none. */

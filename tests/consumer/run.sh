@@ -70,8 +70,13 @@ with_pkgconfig() {
   pc_version=$(pkg-config --modversion vmsynth) || fail "pkg-config does not find vmsynth in $PKG_CONFIG_PATH"
   [ "$pc_version" = "$version" ] || fail "vmsynth.pc says version '$pc_version', the project is $version"
   cflags=$(pkg-config --cflags vmsynth) libs=$(pkg-config --libs vmsynth)
-  case " $cflags " in *" -I$prefix/include "*) ;; *) fail "pkg-config --cflags is '$cflags', not -I$prefix/include" ;; esac
-  case " $libs " in *" -L$prefix/lib "*) ;; *) fail "pkg-config --libs is '$libs', without -L$prefix/lib" ;; esac
+  # The .pc file is relocatable (prefix=${pcfiledir}/../..): compare the
+  # directories it names, resolved, with the prefix's.
+  inc=$(printf '%s\n' $cflags | sed -n 's/^-I//p' | head -1) lib=$(printf '%s\n' $libs | sed -n 's/^-L//p' | head -1)
+  [ -n "$inc" ] && [ "$(realpath "$inc")" = "$(realpath "$prefix/include")" ] ||
+    fail "pkg-config --cflags is '$cflags', not the prefix's include directory"
+  [ -n "$lib" ] && [ "$(realpath "$lib")" = "$(realpath "$prefix/lib")" ] ||
+    fail "pkg-config --libs is '$libs', not the prefix's lib directory"
   # shellcheck disable=SC2086  # word splitting of the flags is intended
   cc -std=c99 -Wall -Wextra -Werror -o "$tmp/consumer-pkgconfig" "$src/tests/consumer/consumer.c" $cflags $libs -pthread ||
     fail "the consumer does not build with pkg-config"
