@@ -3,7 +3,8 @@
 # prefix, checks the installed layout, builds tests/consumer/consumer.c (C99,
 # -Wall -Wextra -Werror) against that prefix twice -- with pkg-config and with
 # CMake's find_package(vmsynth) -- and runs both builds on a small pair made
-# with the vmsynth command.
+# with the vmsynth command; then builds docs/api.md's C example the way its
+# comment says and synthesizes the pair's overlay sent to it over loopback TCP.
 #
 #   run.sh BUILD_DIR SOURCE_DIR VMSYNTH_BIN VERSION [SANITIZE]
 #
@@ -94,8 +95,32 @@ with_find_package() {
   run_consumer cmake "$tmp/cmake-build/consumer"
 }
 
+# docs/api.md's C example, built the way its comment says and run for real:
+# the overlay sent over a loopback TCP connection, synthesized as it arrives.
+docs_example() {
+  step "docs/examples/synthesize_socket.c"
+  export PKG_CONFIG_PATH=$prefix/lib/pkgconfig PKG_CONFIG_LIBDIR=$prefix/lib/pkgconfig
+  # shellcheck disable=SC2046  # word splitting of the flags is intended
+  cc -std=c99 -Wall -Wextra -Werror -o "$tmp/synthesize_socket" "$src/docs/examples/synthesize_socket.c" \
+    $(pkg-config --cflags --libs vmsynth) || fail "the docs example does not build"
+  local port out=$tmp/example-out i
+  port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  LD_LIBRARY_PATH=$prefix/lib "$tmp/synthesize_socket" "$tmp/pair/base" "$out" "$port" >"$tmp/example.json" &
+  local pid=$!
+  # Connect once it listens (a refused attempt sends nothing), then send the overlay.
+  for i in $(seq 100); do
+    if (exec 3>"/dev/tcp/127.0.0.1/$port" && cat "$tmp/pair/overlay.vmo" >&3) 2>/dev/null; then break; fi
+    sleep 0.1
+  done
+  wait "$pid" || fail "the example failed: $(cat "$tmp/example.json")"
+  for f in memory.img disk.img; do
+    cmp -s "$out/$f" "$tmp/pair/launch/$f" || fail "the example's $f differs from the launch VM's"
+  done
+}
+
 failed=0
 (with_pkgconfig) || failed=1
 (with_find_package) || failed=1
+(docs_example) || failed=1
 [ "$failed" = 0 ] || { echo "run.sh: FAILED" >&2; exit 1; }
 echo "run.sh: ok"
