@@ -21,6 +21,10 @@ LibraryParams& LibraryParams::set(const char* name, const std::string& value, co
   return *this;
 }
 
+LibraryParams& LibraryParams::key(const KeyOptions& k) {
+  return set("key_file", k.key_file, "--key-file").set("passphrase_file", k.passphrase_file, "--passphrase-file");
+}
+
 LibraryParams& LibraryParams::progress(TerminalProgress& line) {
   progress_ = line.callback();
   if (!progress_) return *this;  // nothing will be drawn: no calls at all

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "cli/key_options.h"
 #include "cli/progress.h"
 #include "vmsynth/vmsynth.h"
 
@@ -24,6 +25,8 @@ class LibraryParams {
   // vmsynth_params_set; a refusal is the command's usage error, naming `flag`
   // (the option the user typed) and then the library's reason.
   LibraryParams& set(const char* name, const std::string& value, const char* flag);
+  // key_file / passphrase_file from --key-file / --passphrase-file.
+  LibraryParams& key(const KeyOptions& k);
   // The line's callback receives the library's phases.
   LibraryParams& progress(TerminalProgress& line);
   // SIGINT, SIGTERM, SIGHUP cancel the operation (cli/interrupt.h).

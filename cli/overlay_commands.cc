@@ -73,8 +73,7 @@ void add_create(CLI::App& overlay) {
     LibraryParams params;
     params.set("level", args->level, "--level")
         .set("threads", std::to_string(args->threads), "--threads")
-        .set("key_file", args->key.key_file, "--key-file")
-        .set("passphrase_file", args->key.passphrase_file, "--passphrase-file")
+        .key(args->key)
         .set("force", args->force ? "1" : "0", "--force");
     note_output(args->out);
     params.cancel_on_interrupt();
@@ -124,8 +123,7 @@ void add_info(CLI::App& overlay) {
   c->add_flag("--json", args->json, "Print the result as JSON");
   c->callback([args] {
     LibraryParams params;
-    params.set("key_file", args->key.key_file, "--key-file")
-        .set("passphrase_file", args->key.passphrase_file, "--passphrase-file");
+    params.key(args->key);
     char* result = nullptr;
     const int rc = vmsynth_overlay_info(args->file.c_str(), params.get(), &result);
     const nlohmann::json j = take_result(rc, result);

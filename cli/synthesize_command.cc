@@ -89,8 +89,7 @@ void add_synthesize_command(CLI::App& app) {
         .set("write_backend", args->no_uring ? "pwrite" : args->write_backend, "--write-backend")
         .set("queue_depth", std::to_string(args->queue_depth), "--queue-depth")
         .set("memory_budget", std::to_string(args->memory_budget_mib << 20), "--memory-budget-mib")
-        .set("key_file", args->key.key_file, "--key-file")
-        .set("passphrase_file", args->key.passphrase_file, "--passphrase-file")
+        .key(args->key)
         .set("force", args->force ? "1" : "0", "--force");
     note_output(args->out);
     // Before the library opens the source: a tcp-listen:// source waits for its sender there.
