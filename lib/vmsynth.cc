@@ -38,20 +38,21 @@ struct Failure {
   nlohmann::json json;
 };
 
+Failure internal_failure(const std::string& m) {
+  return {VMSYNTH_E_INTERNAL, m, {{"ok", false}, {"error", {{"code", "internal"}, {"message", m}, {"context", ""}}}}};
+}
+
 Failure current_failure() {
   try {
     throw;
   } catch (const Error& e) {
     return {static_cast<int>(e.code()), e.what(), vmsynth::lib::error_json(e)};
   } catch (const std::bad_alloc&) {
-    const std::string m = "out of memory";
-    return {VMSYNTH_E_INTERNAL, m, {{"ok", false}, {"error", {{"code", "internal"}, {"message", m}, {"context", ""}}}}};
+    return internal_failure("out of memory");
   } catch (const std::exception& e) {
-    const std::string m = std::string("internal error: ") + e.what();
-    return {VMSYNTH_E_INTERNAL, m, {{"ok", false}, {"error", {{"code", "internal"}, {"message", m}, {"context", ""}}}}};
+    return internal_failure(std::string("internal error: ") + e.what());
   } catch (...) {
-    const std::string m = "internal error: unknown exception";
-    return {VMSYNTH_E_INTERNAL, m, {{"ok", false}, {"error", {{"code", "internal"}, {"message", m}, {"context", ""}}}}};
+    return internal_failure("internal error: unknown exception");
   }
 }
 
@@ -185,15 +186,8 @@ const char* vmsynth_status_name(int status) {
       break;
   }
   if (status >= VMSYNTH_E_USAGE && status <= VMSYNTH_E_CANCELLED) {
-    static const std::string names[] = {std::string(vmsynth::error_code_name(ErrorCode::kUsage)),
-                                        std::string(vmsynth::error_code_name(ErrorCode::kCorrupt)),
-                                        std::string(vmsynth::error_code_name(ErrorCode::kWrongBase)),
-                                        std::string(vmsynth::error_code_name(ErrorCode::kWrongKey)),
-                                        std::string(vmsynth::error_code_name(ErrorCode::kIo)),
-                                        std::string(vmsynth::error_code_name(ErrorCode::kUnsupported)),
-                                        std::string(vmsynth::error_code_name(ErrorCode::kExists)),
-                                        std::string(vmsynth::error_code_name(ErrorCode::kInterrupted))};
-    return names[status - VMSYNTH_E_USAGE].c_str();
+    // error_code_name returns string literals: NUL-terminated.
+    return vmsynth::error_code_name(static_cast<ErrorCode>(status)).data();
   }
   return "unknown";
 }
