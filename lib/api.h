@@ -27,6 +27,7 @@ struct vmsynth_params {
   uint64_t overlay_size = 0;
   int level = vmsynth::kDefaultLevel;
   std::string key_file, passphrase_file, cache_dir;
+  vmsynth::codec::KeySpec key;  // from the key or passphrase parameter (excludes the files)
   bool base_id_cache = true;
   bool force = false;
   vmsynth::ProgressFn progress;  // built by vmsynth_params_set_(phase_)progress
@@ -44,6 +45,9 @@ const vmsynth_params& params_or_defaults(const vmsynth_params* p);
 void set_param(vmsynth_params& p, std::string_view name, std::string_view value);
 
 // The engine's options for a job described by p (key files are read here).
+// The key the parameters give: the key/passphrase value, else the file's (read now).
+codec::KeySpec key_spec(const vmsynth_params& p);
+
 SynthesizeOptions synthesize_options(const vmsynth_params& p, const std::string& base_dir, const std::string& out_dir);
 CreateOptions create_options(const vmsynth_params& p, const std::string& base_dir, const std::string& launch_dir,
                              const std::string& overlay_path);

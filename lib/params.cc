@@ -64,6 +64,31 @@ E parse_choice(std::string_view name, std::string_view value) {
   bad_value(name, value, enum_choices<E>());
 }
 
+// The four ways to give a key exclude each other; "" unsets the one named.
+void set_key_param(vmsynth_params& p, std::string_view name, std::string_view value) {
+  const bool given_elsewhere = (name != "key_file" && !p.key_file.empty()) ||
+                               (name != "passphrase_file" && !p.passphrase_file.empty()) ||
+                               (name != "key" && name != "passphrase" && p.key.present()) ||
+                               (name == "key" && p.key.kind == codec::KeySpec::Kind::kPassphrase) ||
+                               (name == "passphrase" && p.key.kind == codec::KeySpec::Kind::kRawKey);
+  if (!value.empty() && given_elsewhere) {
+    throw Error(ErrorCode::kUsage, "parameter " + std::string(name) +
+                                       ": key_file, passphrase_file, key and passphrase exclude each other; unset "
+                                       "the other with \"\"");
+  }
+  if (name == "key_file") {
+    p.key_file = value;
+  } else if (name == "passphrase_file") {
+    p.passphrase_file = value;
+  } else if (value.empty()) {
+    if ((name == "key") == (p.key.kind == codec::KeySpec::Kind::kRawKey)) p.key = {};
+  } else {
+    const auto bytes = std::as_bytes(std::span(value.data(), value.size()));
+    const std::string origin = "parameter " + std::string(name);
+    p.key = name == "key" ? codec::key_from_key_file(bytes, origin) : codec::key_from_passphrase_file(bytes, origin);
+  }
+}
+
 }  // namespace
 
 const vmsynth_params& params_or_defaults(const vmsynth_params* p) {
@@ -98,14 +123,8 @@ void set_param(vmsynth_params& p, std::string_view name, std::string_view value)
         bad_value(name, value, "a zstd level from 1 to " + std::to_string(kMaxLevel) + " or 'max'");
       }
     }
-  } else if (name == "key_file" || name == "passphrase_file") {
-    std::string& mine = name == "key_file" ? p.key_file : p.passphrase_file;
-    const std::string& other = name == "key_file" ? p.passphrase_file : p.key_file;
-    if (!value.empty() && !other.empty()) {
-      throw Error(ErrorCode::kUsage, "parameter " + std::string(name) +
-                                         ": key_file and passphrase_file exclude each other; unset one with \"\"");
-    }
-    mine = value;
+  } else if (name == "key_file" || name == "passphrase_file" || name == "key" || name == "passphrase") {
+    set_key_param(p, name, value);
   } else if (name == "cache_dir") {
     p.cache_dir = value;
   } else if (name == "base_id_cache") {
@@ -116,8 +135,13 @@ void set_param(vmsynth_params& p, std::string_view name, std::string_view value)
     throw Error(ErrorCode::kUsage,
                 "unknown parameter '" + std::string(name) +
                     "'; known: engine, threads, disk_format, clone, write_backend, queue_depth, memory_budget, "
-                    "overlay_size, level, key_file, passphrase_file, cache_dir, base_id_cache, force");
+                    "overlay_size, level, key_file, passphrase_file, key, passphrase, cache_dir, base_id_cache, "
+                    "force");
   }
+}
+
+codec::KeySpec key_spec(const vmsynth_params& p) {
+  return p.key.present() ? p.key : load_key_spec(p.key_file, p.passphrase_file);
 }
 
 SynthesizeOptions synthesize_options(const vmsynth_params& p, const std::string& base_dir, const std::string& out_dir) {
@@ -140,7 +164,7 @@ SynthesizeOptions synthesize_options(const vmsynth_params& p, const std::string&
   o.cache_dir = p.cache_dir;
   o.progress = p.progress;
   o.source_size = p.overlay_size;
-  o.key = load_key_spec(p.key_file, p.passphrase_file);
+  o.key = key_spec(p);
   return o;
 }
 
@@ -155,7 +179,7 @@ CreateOptions create_options(const vmsynth_params& p, const std::string& base_di
   o.force = p.force;
   o.cache_dir = p.cache_dir;
   o.progress = p.progress;
-  o.key = load_key_spec(p.key_file, p.passphrase_file);
+  o.key = key_spec(p);
   if (p.cancel != nullptr) o.cancel = &p.cancel->token;
   return o;
 }

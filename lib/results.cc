@@ -66,6 +66,17 @@ nlohmann::json create_json(const CreateStats& s, const CreateOptions& o) {
             {"total", s.seconds_total}}}};
 }
 
+nlohmann::json header_json(const format::FileHeader& h) {
+  return {{"ok", true},
+          {"version", std::to_string(h.version_major) + "." + std::to_string(h.version_minor)},
+          {"base_id", h.base_id.hex()},
+          {"base_memory_bytes", h.base_size[0]},
+          {"base_disk_bytes", h.base_size[1]},
+          {"launch_memory_bytes", h.launch_size[0]},
+          {"launch_disk_bytes", h.launch_size[1]},
+          {"encrypted", h.encrypted()}};
+}
+
 nlohmann::json info_json(const OverlayInfo& info) {
   const auto& h = info.header;
   const char* kdf = h.kdf == format::Kdf::kScrypt ? "scrypt" : h.kdf == format::Kdf::kRawKey ? "raw-key" : "none";
@@ -73,33 +84,26 @@ nlohmann::json info_json(const OverlayInfo& info) {
   for (const auto& f : info.files) {
     files.push_back({{"name", f.name}, {"bytes", f.size}, {"stored_bytes", f.stored}, {"base_delta", f.base_prefix}});
   }
-  nlohmann::json j = {{"ok", true},
-                      {"version", std::to_string(h.version_major) + "." + std::to_string(h.version_minor)},
-                      {"base_id", h.base_id.hex()},
-                      {"base_memory_bytes", h.base_size[0]},
-                      {"base_disk_bytes", h.base_size[1]},
-                      {"launch_memory_bytes", h.launch_size[0]},
-                      {"launch_disk_bytes", h.launch_size[1]},
-                      {"encrypted", h.encrypted()},
-                      {"cipher", h.encrypted() ? "aes-256-gcm" : "none"},
-                      {"key_derivation", kdf},
-                      // Headers, op tables, file records and trailer only (see the footer).
-                      {"authenticated", info.headers_authenticated},
-                      {"payloads_authenticated", false},
-                      {"payloads_checked", false},
-                      {"checked", info.checked()},
-                      {"not_checked", info.not_checked()},
-                      {"tables_decoded", info.tables_decoded},
-                      {"overlay_bytes", info.overlay_bytes},
-                      {"frames", info.frames},
-                      {"block_frames", info.block_frames},
-                      {"ops", kinds_json(info.kind_count)},
-                      {"ops_memory", kinds_json(info.kind_count_by_image[0])},
-                      {"ops_disk", kinds_json(info.kind_count_by_image[1])},
-                      {"table_stored_bytes", info.table_stored_bytes},
-                      {"payload_raw_bytes", info.payload_raw_bytes},
-                      {"payload_stored_bytes", info.payload_stored_bytes},
-                      {"files", files}};
+  nlohmann::json j = header_json(h);
+  j.update(nlohmann::json{{"cipher", h.encrypted() ? "aes-256-gcm" : "none"},
+                          {"key_derivation", kdf},
+                          // Headers, op tables, file records and trailer only (see the footer).
+                          {"authenticated", info.headers_authenticated},
+                          {"payloads_authenticated", false},
+                          {"payloads_checked", false},
+                          {"checked", info.checked()},
+                          {"not_checked", info.not_checked()},
+                          {"tables_decoded", info.tables_decoded},
+                          {"overlay_bytes", info.overlay_bytes},
+                          {"frames", info.frames},
+                          {"block_frames", info.block_frames},
+                          {"ops", kinds_json(info.kind_count)},
+                          {"ops_memory", kinds_json(info.kind_count_by_image[0])},
+                          {"ops_disk", kinds_json(info.kind_count_by_image[1])},
+                          {"table_stored_bytes", info.table_stored_bytes},
+                          {"payload_raw_bytes", info.payload_raw_bytes},
+                          {"payload_stored_bytes", info.payload_stored_bytes},
+                          {"files", files}});
   if (h.kdf == format::Kdf::kScrypt) j["scrypt"] = {{"log2_n", h.kdf_log2_n}, {"r", h.kdf_r}, {"p", h.kdf_p}};
   return j;
 }

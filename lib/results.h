@@ -17,6 +17,8 @@ nlohmann::json synthesize_json(const SynthesizeStats& s, const std::string& out_
 // {"ok": true, "overlay", "overlay_bytes", "encrypted", ...}
 nlohmann::json create_json(const CreateStats& s, const CreateOptions& o);
 // {"ok": true, "version", "base_id", ...}
+// The file header alone (vmsynth_overlay_header); info_json starts from it.
+nlohmann::json header_json(const format::FileHeader& h);
 nlohmann::json info_json(const OverlayInfo& info);
 // {"ok": false, "error": {"code", "message", "context"}}
 nlohmann::json error_json(const Error& e);

@@ -13,6 +13,7 @@
 #include <string>
 #include <thread>
 
+#include "codec/overlay_format.h"
 #include "common/error.h"
 #include "engine/base_id.h"
 #include "engine/overlay_creator.h"
@@ -405,8 +406,23 @@ int vmsynth_overlay_info(const char* overlay, const vmsynth_params* p, char** re
     const vmsynth::CancelToken* token = params.cancel != nullptr ? &params.cancel->token : nullptr;
     auto src = vmsynth::io::open_source(str_arg(overlay, "overlay"),
                                         token != nullptr ? token->stop_check() : vmsynth::io::StopCheck{});
-    return vmsynth::lib::info_json(
-        vmsynth::inspect_overlay(*src, vmsynth::lib::load_key_spec(params.key_file, params.passphrase_file)));
+    return vmsynth::lib::info_json(vmsynth::inspect_overlay(*src, vmsynth::lib::key_spec(params)));
+  });
+}
+
+static_assert(VMSYNTH_OVERLAY_HEADER_BYTES == vmsynth::format::kFileHeaderSize);
+
+int vmsynth_overlay_header(const void* data, size_t len, char** result_json) {
+  return one_call(result_json, [&] {
+    if (data == nullptr && len > 0) throw vmsynth::Error(vmsynth::ErrorCode::kUsage, "data is NULL");
+    if (len < vmsynth::format::kFileHeaderSize) {
+      throw vmsynth::Error(vmsynth::ErrorCode::kCorrupt, "overlay truncated: its file header is " +
+                                                             std::to_string(vmsynth::format::kFileHeaderSize) +
+                                                             " bytes, only " + std::to_string(len) + " given");
+    }
+    const auto* bytes = static_cast<const std::byte*>(data);
+    return vmsynth::lib::header_json(vmsynth::format::decode_file_header(
+        std::span<const std::byte, vmsynth::format::kFileHeaderSize>(bytes, vmsynth::format::kFileHeaderSize)));
   });
 }
 

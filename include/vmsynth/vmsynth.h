@@ -102,8 +102,12 @@ VMSYNTH_API void vmsynth_cancel_free(vmsynth_cancel *c);
  *   any operation
  *     key_file        file holding the key: 32 raw bytes or 64 hex digits
  *     passphrase_file file holding a passphrase (scrypt-stretched)
- *                     (one of the two; creation then encrypts; synthesis and
- *                     info then require an encrypted overlay; "" unsets)
+ *     key             the key itself, 64 hex digits (for a receiver that
+ *                     got it from its client, not from a file)
+ *     passphrase      the passphrase itself
+ *                     (at most one of these four; creation then encrypts;
+ *                     synthesis and info then require an encrypted overlay;
+ *                     "" unsets)
  *     cache_dir       base-id cache directory (default $VMSYNTH_CACHE_DIR,
  *                     else $XDG_CACHE_HOME/vmsynth, else ~/.cache/vmsynth)
  *     base_id_cache   "1" (default) | "0": remember base ids there
@@ -228,6 +232,18 @@ VMSYNTH_API int vmsynth_overlay_create(const char *base_dir, const char *launch_
 /* vmsynth overlay info: the overlay's headers and op tables (payloads are
  * not checked); overlay is a path or "-". Uses key_file/passphrase_file. */
 VMSYNTH_API int vmsynth_overlay_info(const char *overlay, const vmsynth_params *p, char **result_json);
+/* The overlay's file header, from its first VMSYNTH_OVERLAY_HEADER_BYTES
+ * bytes (more are ignored), before any of the rest has arrived: which base VM
+ * it needs and how large the launch VM will be, so that a receiver can pick
+ * the base and check space before it opens a synthesis.
+ * {"ok": true, "version", "base_id", "base_memory_bytes", "base_disk_bytes",
+ * "launch_memory_bytes", "launch_disk_bytes", "encrypted"}. The header's
+ * magic, version, checksum and limits are checked (VMSYNTH_E_CORRUPT,
+ * VMSYNTH_E_UNSUPPORTED for a newer version); fewer than
+ * VMSYNTH_OVERLAY_HEADER_BYTES bytes is VMSYNTH_E_CORRUPT ("truncated").
+ * Nothing is authenticated yet: synthesis checks the rest. Thread-safe. */
+#define VMSYNTH_OVERLAY_HEADER_BYTES 256
+VMSYNTH_API int vmsynth_overlay_header(const void *data, size_t len, char **result_json);
 /* The base VM id of a VM directory, as overlays name it:
  * {"ok": true, "base_dir": ..., "base_id": "<32 hex digits>"}. Uses (and
  * fills) the base-id cache unless base_id_cache is "0". */
