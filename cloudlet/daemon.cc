@@ -815,12 +815,21 @@ void Daemon::shutdown() {
 
 void Daemon::stop_vms() {
   Impl& d = *impl_;
+  // In parallel: each stop may wait seconds for QEMU (QMP quit, then signals).
+  std::vector<std::thread> stoppers;
   for (json r : d.vms->list()) {
     if (r.value("state", "") != "running") continue;
-    d.stop_quietly(r);
-    r["state"] = "stopped";
-    d.vms->put(r);
+    stoppers.emplace_back([&d, r]() mutable {
+      d.stop_quietly(r);
+      r["state"] = "stopped";
+      try {
+        d.vms->put(r);
+      } catch (const Error& e) {
+        d.log(e.message());
+      }
+    });
   }
+  for (std::thread& t : stoppers) t.join();
 }
 
 std::string Daemon::url() const {
