@@ -673,6 +673,9 @@ struct Daemon::Impl {
     s.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
       if (res.status == 404 && res.body.empty()) {
         send_failure(res, {404, "not_found", "no such endpoint: " + req.method + " " + req.path});
+      } else if (res.body.empty() && res.status == 400) {
+        // The library refused the request before routing it.
+        send_failure(res, {400, "usage", "malformed HTTP request, or its header block is over 8 KiB"});
       } else if (res.body.empty()) {
         send_failure(res, {res.status, "http", "HTTP error " + std::to_string(res.status)});
       }
