@@ -589,12 +589,18 @@ struct Daemon::Impl {
     }
     r["qemu"] = qemu;
     uint64_t allocated = 0;
+    json sizes = json::object();
     std::error_code ec;
     for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
       struct stat st {};
-      if (::lstat(it->path().c_str(), &st) == 0) allocated += static_cast<uint64_t>(st.st_blocks) * 512;
+      if (::lstat(it->path().c_str(), &st) != 0) continue;
+      allocated += static_cast<uint64_t>(st.st_blocks) * 512;
+      const std::string name = it->path().filename().string();
+      if (name == "memory.img") sizes["memory_bytes"] = st.st_size;
+      if (name == "disk.img" || name == "disk.qcow2") sizes["disk_file_bytes"] = st.st_size;
     }
-    r["sizes"] = {{"allocated_bytes", allocated}};
+    sizes["allocated_bytes"] = allocated;
+    r["sizes"] = sizes;
     return public_record(r);
   }
 
