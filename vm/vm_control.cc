@@ -35,6 +35,7 @@ using Json = nlohmann::json;
 namespace {
 
 constexpr const char* kQemu = "qemu-system-x86_64";
+constexpr const char* kDevStateFdName = "vmsynth-devstate";  // capture's `getfd` name
 constexpr const char* kQemuImg = "qemu-img";
 // Kernel arguments the KVM probe appends: early output on ttyS0 with every
 // message shown (the VM's own command line may say `quiet`), and a root
@@ -606,8 +607,16 @@ CaptureResult capture_vm(const std::string& dir_in, const CaptureOptions& opt) {
   try {
     set_ignore_shared(q);
     const auto tm = Clock::now();
-    // QEMU 7.2 has no file: URI; exec: runs through /bin/sh, so quote the path.
-    q.execute("migrate", {{"uri", "exec:cat > " + shell_quote(devstate_tmp)}});
+    // QEMU 7.2 has no file: URI. Hand QEMU the open file (`getfd`, SCM_RIGHTS)
+    // and migrate to it: no shell, and it works under -sandbox spawn=deny
+    // (an `exec:` URI would fork, and seccomp kills the confined QEMU).
+    {
+      int fd = ::open(devstate_tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+      if (fd < 0) throw io_error("cannot create", devstate_tmp, errno);
+      io::File out_file(fd, devstate_tmp);
+      q.execute_with_fd("getfd", {{"fdname", kDevStateFdName}}, out_file.fd());
+    }
+    q.execute("migrate", {{"uri", std::string("fd:") + kDevStateFdName}});
     wait_migration(q, Ms(120000), "migration of the device state to '" + devstate_tmp + "'");
     res.migrate_ms = ms_since(tm);
 
@@ -642,6 +651,10 @@ CaptureResult capture_vm(const std::string& dir_in, const CaptureOptions& opt) {
 
     RunLayout out_run;  // a captured VM runs in place: raw disk.img, shared memory.img
     out_run.run_dir = out;
+    // Its own boot files (place_boot_files above), so that the recorded
+    // command line is the one resume runs, -kernel/-initrd/-append included.
+    if (spec.kernel) out_run.kernel_path = file_in(out, spec.kernel->name);
+    if (spec.initrd) out_run.initrd_path = file_in(out, spec.initrd->name);
     QemuArgvOptions resume_args;
     resume_args.incoming = true;
     Json oj = to_json(spec, out_run);

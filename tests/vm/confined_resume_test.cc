@@ -273,6 +273,41 @@ TEST_F(ConfinedResume, QemuThatCannotStartIsReportedAndCleanedUp) {
   }
 }
 
+// Capture hands QEMU its output file with `getfd` instead of `exec:cat`, so
+// a confined (spawn=deny) VM can be captured, and the result resumes.
+TEST_F(ConfinedResume, ConfinedVmCanBeCapturedAndResumed) {
+  ResumeOptions o;
+  o.work_dir = dir("cw");
+  o.confinement = confinement();
+  ResumeResult r = resume_vm(base(), o);
+  ASSERT_TRUE(wait_for_counter(o.work_dir + "/serial.log", base_counter_ + 2, seconds(30)))
+      << read_text(o.work_dir + "/qemu.log");
+  CaptureOptions co;
+  co.out_dir = root_ + "/recaptured";
+  CaptureResult c = capture_vm(o.work_dir, co);
+  EXPECT_GT(c.devstate_bytes, 0u);
+  EXPECT_TRUE(query_vm(o.work_dir).running) << "capturing must not kill the sandboxed QEMU";
+  EXPECT_EQ(proc_status(r.pid, "Seccomp"), "2");
+  stop_vm(o.work_dir);
+  const int captured_at = counters(o.work_dir + "/serial.log").back();
+
+  // Regression: the recorded command line lacked -kernel/-initrd/-append
+  // (capture built it from a layout without boot files).
+  const nlohmann::json j = read_vm_json(co.out_dir);
+  const auto args = j["captured"]["qemu_args"].get<std::vector<std::string>>();
+  auto kernel = std::find(args.begin(), args.end(), "-kernel");
+  ASSERT_NE(kernel, args.end()) << j["captured"]["qemu_args"].dump();
+  EXPECT_EQ(*std::next(kernel), co.out_dir + "/kernel");
+  EXPECT_NE(std::find(args.begin(), args.end(), "-append"), args.end());
+
+  ResumeOptions again;
+  again.work_dir = dir("cw2");
+  resume_vm(co.out_dir, again);
+  ASSERT_TRUE(wait_for_counter(again.work_dir + "/serial.log", captured_at + 2, seconds(30)));
+  EXPECT_EQ(counters(again.work_dir + "/serial.log").front(), captured_at + 1);
+  stop_vm(again.work_dir);
+}
+
 TEST(Confinement, RootNeedsAnUnprivilegedUser) {
   if (::geteuid() != 0) GTEST_SKIP() << "needs root";
   Confinement c;
