@@ -169,10 +169,12 @@ void try_v1(CgroupAttempt& a, const std::string& run_dir, uint64_t mem_bytes, ui
     const std::string dir = std::string(c.root) + leaf;
     if (int e = make_leaf(dir)) return fail(a, "mkdir " + dir, e);
     a.dirs.push_back(dir);
+    std::string set;
     for (const auto& [file, value] : c.files) {
       if (int e = write_file(dir + "/" + file, value)) return fail(a, "write " + dir + "/" + file, e);
-      a.settings.push_back((a.settings.empty() ? "cgroup v1 " + dir + ": " : dir + ": ") + file + "=" + value);
+      set += (set.empty() ? "" : " ") + file + "=" + value;
     }
+    a.settings.push_back((a.settings.empty() ? "cgroup v1 " : "") + dir + ": " + set);
   }
 }
 
