@@ -337,7 +337,8 @@ void make_vm_cgroup(const std::string& run_dir, const MachineSpec& spec, const C
     out.limits = "no cgroup (Confinement::cgroup is false)";
     return;
   }
-  const uint64_t mem_bytes = (spec.memory_mib + c.memory_overhead_mib) << 20;
+  const uint64_t tcg_mib = spec.accel == Accel::kTcg ? kTcgCodeBufferMib : 0;
+  const uint64_t mem_bytes = (spec.memory_mib + c.memory_overhead_mib + tcg_mib) << 20;
   const uint64_t quota_us = static_cast<uint64_t>(spec.cpus) * kCpuPeriodUs;
   CgroupAttempt a;
   if (::access((std::string(kV2Root) + "/cgroup.controllers").c_str(), F_OK) == 0) {
@@ -367,7 +368,9 @@ void make_vm_cgroup(const std::string& run_dir, const MachineSpec& spec, const C
   std::string s;
   for (const auto& x : a.settings) s += (s.empty() ? "" : ", ") + x;
   out.limits = s + " (guest " + std::to_string(spec.memory_mib) + " MiB + " + std::to_string(c.memory_overhead_mib) +
-               " MiB overhead, " + std::to_string(spec.cpus) + " vCPU)";
+               " MiB overhead" +
+               (tcg_mib ? " + " + std::to_string(tcg_mib) + " MiB TCG translation cache" : std::string()) + ", " +
+               std::to_string(spec.cpus) + " vCPU)";
 }
 
 std::vector<std::string> remove_vm_cgroups(const std::string& run_dir) {

@@ -17,6 +17,7 @@
 
 #include <sys/types.h>
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -24,6 +25,11 @@
 #include "vm/vm_control.h"
 
 namespace vmsynth::vm {
+
+// QEMU 7.2's TCG translation cache (tb-size) defaults to 1 GiB on 64-bit
+// hosts and is charged to the cgroup as it fills, so a TCG VM's memory limit
+// adds it to Confinement::memory_overhead_mib.
+inline constexpr uint64_t kTcgCodeBufferMib = 1024;
 
 struct ConfinedUser {
   bool switch_user = false;  // caller is root: setgroups/setgid/setuid in the child

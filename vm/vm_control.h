@@ -158,8 +158,9 @@ CaptureResult capture_vm(const std::string& dir, const CaptureOptions& opt);
 //            only its own uid.
 //   cgroup   A per-VM cgroup named after the run directory, vmsynth/vm-<hash>
 //            under /sys/fs/cgroup (v2) or /sys/fs/cgroup/{memory,cpu} (v1):
-//            memory limit = guest RAM + memory_overhead_mib, CPU quota =
-//            vCPUs x 100 ms per 100 ms. QEMU joins it before exec; stop_vm
+//            memory limit = guest RAM + memory_overhead_mib (+ 1 GiB for a
+//            TCG VM: QEMU's translation cache), CPU quota = vCPUs x 100 ms
+//            per 100 ms. QEMU joins it before exec; stop_vm
 //            removes it. When no cgroup can be made (not root, read-only
 //            /sys/fs/cgroup, no controllers) the launch goes on with rlimits
 //            only and ResumeResult::limits says why.

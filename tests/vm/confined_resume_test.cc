@@ -200,7 +200,7 @@ TEST_F(ConfinedResume, GuestContinuesUnderSeccompUserAndCgroup) {
     const std::string name = leaf.substr(leaf.rfind('/'));
     const std::string mem = "/sys/fs/cgroup/memory/vmsynth" + name, cpu = "/sys/fs/cgroup/cpu/vmsynth" + name;
     cgroups = {mem, cpu};
-    EXPECT_EQ(std::stoull(read_text(mem + "/memory.limit_in_bytes")), (128ull + 256) << 20);
+    EXPECT_EQ(std::stoull(read_text(mem + "/memory.limit_in_bytes")), (128ull + 256 + kTcgCodeBufferMib) << 20);
     EXPECT_EQ(std::stoll(read_text(cpu + "/cpu.cfs_quota_us")), 100000);
     EXPECT_EQ(std::stoll(read_text(cpu + "/cpu.cfs_period_us")), 100000);
     std::cout << "cgroup memory.max_usage_in_bytes after resume: "
@@ -208,7 +208,7 @@ TEST_F(ConfinedResume, GuestContinuesUnderSeccompUserAndCgroup) {
   } else if (r.limits.rfind("cgroup v2 ", 0) == 0) {
     const std::string leaf = r.limits.substr(10, r.limits.find(':') - 10);
     cgroups = {leaf};
-    EXPECT_EQ(std::stoull(read_text(leaf + "/memory.max")), (128ull + 256) << 20);
+    EXPECT_EQ(std::stoull(read_text(leaf + "/memory.max")), (128ull + 256 + kTcgCodeBufferMib) << 20);
     EXPECT_EQ(read_text(leaf + "/cpu.max"), "100000 100000\n");
   } else {
     std::cout << "no cgroup here: " << r.limits << "\n";
