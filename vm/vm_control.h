@@ -4,12 +4,16 @@
 // and vm.json (vm/machine_spec.h). Guest RAM lives in a file
 // (memory-backend-file, share=on), so memory.img *is* the page-aligned RAM
 // image. Capture pauses the guest, migrates with `x-ignore-shared` to
-// `exec:cat > devstate.bin` (device state only, ~0.4 MB) and copies the RAM
+// a devstate.bin it hands QEMU with QMP `getfd` (device state only, ~0.4
+// MB; no shell, so confined VMs can be captured too) and copies the RAM
 // file and the disk. Resume starts QEMU with the identical command line plus
-// `-incoming defer`, sets the same capability, `migrate-incoming` from
-// devstate.bin, and `cont`s. See docs/vm.md for the full recipe and numbers.
+// `-incoming defer` (without -daemonize: vmsynth detaches QEMU itself), sets
+// the same capability, `migrate-incoming fd:3` (devstate.bin, inherited),
+// and `cont`s; optionally confined (Confinement) and, for a VM directory
+// from an untrusted overlay, checked against its base (trusted_base_dir).
+// See docs/vm.md for the full recipe and numbers.
 //
-// A VM "runs in" a directory: QEMU is daemonized with its pidfile (qemu.pid),
+// A VM "runs in" a directory: QEMU runs detached with its pidfile (qemu.pid),
 // QMP socket (qmp.sock) and serial console (serial.log, appended) there, and
 // that directory's vm.json describes where its disk and RAM are (run layout).
 // `resume --work DIR` runs on a cheap clone in DIR (qcow2 overlay of the
@@ -23,11 +27,14 @@
 // "not running"; kExists for "already running" or an existing output without
 // force; kIo for QEMU/QMP failures (the message names the QMP command or
 // QEMU's own error) and for a started guest that writes nothing to its serial
-// console within StartOptions::boot_timeout.
+// console within StartOptions::boot_timeout; kCorrupt when an untrusted
+// vm.json is refused by the machine policy (vm/machine_policy.h).
 //
 // Ownership: the functions own the QEMU processes only while they start
-// them; once a function returns successfully the VM runs detached (daemonized)
-// and belongs to its directory, until stop_vm(). A function that fails after
+// them; once a function returns successfully the VM runs detached (daemonized,
+// or for resume double-forked and setsid: it outlives the caller, even a
+// SIGKILLed one, and is found again by its pidfile lock) and belongs to its
+// directory, until stop_vm(). A function that fails after
 // starting QEMU kills that QEMU before throwing.
 // Thread safety: functions are reentrant for distinct directories; two
 // operations on one directory at once are the caller's mistake.
