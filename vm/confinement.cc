@@ -316,6 +316,24 @@ void require_kvm_access(const ConfinedUser& u) {
   }
 }
 
+void reclaim_run_dir(const ConfinedUser& u, const std::string& dir) {
+  if (!u.switch_user) return;
+  struct stat st;
+  if (::lstat(dir.c_str(), &st) != 0) return;
+  if (!S_ISDIR(st.st_mode)) throw Error(ErrorCode::kUsage, "'" + dir + "' is not a directory");
+  if (::lchown(dir.c_str(), ::geteuid(), ::getegid()) != 0 || ::chmod(dir.c_str(), 0755) != 0) {
+    throw io_error("cannot take back the run directory", dir, errno);
+  }
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    const std::string p = e.path().string();
+    if (::lstat(p.c_str(), &st) == 0 && S_ISLNK(st.st_mode) && ::unlink(p.c_str()) != 0) {
+      throw io_error("cannot remove the symlink", p, errno);
+    }
+  }
+  if (ec) throw io_error("cannot list", dir, ec.value());
+}
+
 void chown_run_dir(const ConfinedUser& u, const std::string& dir) {
   if (!u.switch_user) return;
   auto give = [&](const std::string& p) {

@@ -52,6 +52,12 @@ void require_access(const ConfinedUser& user, const std::string& path, int mode,
 // when `user` cannot open /dev/kvm read-write.
 void require_kvm_access(const ConfinedUser& user);
 
+// Takes a run directory that QEMU's user owned in an earlier run back
+// before vmsynth (as root) writes into it: the directory to the caller, mode
+// 0755, and every symlink in it removed (planted ones would redirect the
+// caller's writes). No-op unless switching users or when `dir` is missing.
+void reclaim_run_dir(const ConfinedUser& user, const std::string& dir);
+
 // Gives `dir` and the regular files directly in it with a single link to
 // the user (hard-linked files, e.g. boot files linked from a base VM, stay).
 void chown_run_dir(const ConfinedUser& user, const std::string& dir);

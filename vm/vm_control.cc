@@ -773,6 +773,7 @@ ResumeResult resume_vm(const std::string& vmdir_in, const ResumeOptions& opt) {
   if (opt.work_dir.empty()) {
     run = src;
     require_not_running(vmdir);
+    if (user) reclaim_run_dir(*user, vmdir);
     resolve_boot_files(spec, run, search);
   } else {
     const std::string work = absolute_path(opt.work_dir);
@@ -780,6 +781,7 @@ ResumeResult resume_vm(const std::string& vmdir_in, const ResumeOptions& opt) {
     make_dirs(work);
     require_not_running(work);
     require_not_running(vmdir);  // its disk.img would be a backing file in use for writing
+    if (user) reclaim_run_dir(*user, work);
     run.run_dir = work;
     resolve_boot_files(spec, run, search);
     const auto tp = Clock::now();
@@ -821,7 +823,10 @@ ResumeResult resume_vm(const std::string& vmdir_in, const ResumeOptions& opt) {
   qo.qemu_forks = false;
   io::File devstate_file = io::File::open_read(devstate);
   const std::string log_path = run.path(kQemuLogName);
-  int log_fd = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  // Fresh, and never through a symlink: a confined QEMU's user owns this
+  // directory between runs.
+  remove_file(log_path);
+  int log_fd = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
   if (log_fd < 0) throw io_error("cannot create", log_path, errno);
   io::File log_file(log_fd, log_path);
   DetachedSpawn sp;

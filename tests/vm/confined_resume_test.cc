@@ -318,6 +318,28 @@ TEST_F(ConfinedResume, ConfinedVmCanBeCapturedAndResumed) {
   stop_vm(again.work_dir);
 }
 
+// Between runs QEMU's user owns the run directory; symlinks it planted must
+// not redirect vmsynth's (root's) writes when the directory is reused.
+TEST_F(ConfinedResume, ReusedRunDirectoryIsTakenBack) {
+  ResumeOptions o;
+  o.work_dir = dir("reuse");
+  o.confinement = confinement();
+  resume_vm(base(), o);
+  stop_vm(o.work_dir);
+  const std::string victim = root_ + "/victim";
+  { std::ofstream(victim) << "precious\n"; }
+  for (const char* name : {"qemu.log", "vm.json.tmp", "disk.qcow2"}) {
+    const std::string link = o.work_dir + "/" + name;
+    fs::remove(link);
+    fs::create_symlink(victim, link);
+  }
+  ResumeResult r = resume_vm(base(), o);
+  EXPECT_EQ(read_text(victim), "precious\n");
+  EXPECT_FALSE(fs::is_symlink(o.work_dir + "/qemu.log"));
+  EXPECT_EQ(proc_status(r.pid, "Seccomp"), "2");
+  stop_vm(o.work_dir);
+}
+
 TEST(Confinement, RootNeedsAnUnprivilegedUser) {
   if (::geteuid() != 0) GTEST_SKIP() << "needs root";
   Confinement c;
