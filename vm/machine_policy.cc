@@ -165,6 +165,9 @@ MachineSpec apply_machine_policy(const Json& j, const MachineSpec& base, const M
   require_equal("boot.append", string_at(boot, "boot.append", "append", base.append), base.append);
 
   check_run(j);
+  // Only work directories have it, and resume refuses to run those; say so
+  // with the policy's code.
+  if (j.contains("resumed_from")) refuse("resumed_from", "present: a work directory's vm.json, not a captured VM's");
   return s;
 }
 

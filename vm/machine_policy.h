@@ -18,6 +18,7 @@
 //   - run: disk_file "disk.img" with disk_format "raw" or "disk.qcow2" with
 //     "qcow2" (a raw disk declared qcow2 would let guest-written bytes name a
 //     host backing file), memory_file "memory.img", memory_share a boolean;
+//     no "resumed_from" (work directories are never resumed);
 //   - any checked string that differs from the base's value must not hold
 //     ',' '=' (QEMU option syntax), '/' in file names, or control characters
 //     (NUL, '\n', '\r', ...); such a value is refused for that reason first.

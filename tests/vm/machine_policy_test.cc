@@ -256,6 +256,9 @@ TEST(MachinePolicy, StructuralFields) {
   j["machine"]["memory_backend"]["id"] = "ram0,share=on";
   EXPECT_NE(refusal(j).find("'machine.memory_backend'"), std::string::npos);
   EXPECT_NE(refusal(Json::array()).find("not a JSON object"), std::string::npos);
+  j = faithful();
+  j["resumed_from"] = {{"dir", "/x"}};
+  EXPECT_NE(refusal(j).find("'resumed_from'"), std::string::npos);
 }
 
 }  // namespace
