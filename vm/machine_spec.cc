@@ -59,9 +59,12 @@ std::vector<std::string> qemu_argv(const MachineSpec& spec, const RunLayout& run
   a.insert(a.end(), {"-chardev", "file,id=ser0,path=" + run.serial_log() + ",append=on",
                      "-serial", "chardev:ser0"});
   if (opt.daemonize) {
-    a.insert(a.end(), {"-chardev", "socket,id=qmp,path=" + run.qmp_socket() + ",server=on,wait=off",
-                       "-mon", "chardev=qmp,mode=control",
-                       "-daemonize", "-pidfile", run.pid_file()});
+    a.insert(a.end(), {"-chardev", "socket,id=qmp,path=" + run.qmp_socket() + ",server=on,wait=off", "-mon",
+                       "chardev=qmp,mode=control", "-pidfile", run.pid_file()});
+    if (opt.qemu_forks) a.push_back("-daemonize");
+  }
+  if (opt.sandbox) {
+    a.insert(a.end(), {"-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"});
   }
   if (opt.no_reboot) a.push_back("-no-reboot");
   if (opt.incoming) a.insert(a.end(), {"-incoming", "defer"});

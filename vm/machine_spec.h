@@ -101,6 +101,12 @@ struct QemuArgvOptions {
   bool ram_in_file = true;      // false: plain RAM (probe)
   bool no_reboot = false;       // -no-reboot: QEMU exits when the guest resets (probe: panic=-1)
   std::string extra_append;     // appended to the kernel command line (probe only)
+  // With daemonize: true adds -daemonize (QEMU forks itself); false leaves
+  // QEMU in the foreground with its QMP socket and pidfile, for a caller that
+  // detaches it (a -sandbox with spawn=deny forbids QEMU's own fork).
+  bool qemu_forks = true;
+  // -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny
+  bool sandbox = false;
 };
 
 // The full QEMU command line, argv[0] = "qemu-system-x86_64".

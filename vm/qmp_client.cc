@@ -71,12 +71,30 @@ QmpClient QmpClient::connect(const std::string& path, Ms timeout) {
   return c;
 }
 
-void QmpClient::send(const Json& msg, std::string_view command) {
+void QmpClient::send(const Json& msg, std::string_view command, int fd) {
   if (!sock_.valid()) throw qmp_error("QMP connection is closed", path_);
   std::string line = msg.dump() + "\n";
   size_t off = 0;
   while (off < line.size()) {
-    ssize_t n = ::send(sock_.fd(), line.data() + off, line.size() - off, MSG_NOSIGNAL);
+    ssize_t n;
+    if (fd >= 0 && off == 0) {
+      // The descriptor rides on the command's first bytes.
+      iovec iov{line.data(), line.size()};
+      alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+      msghdr mh{};
+      mh.msg_iov = &iov;
+      mh.msg_iovlen = 1;
+      mh.msg_control = control;
+      mh.msg_controllen = sizeof control;
+      cmsghdr* cm = CMSG_FIRSTHDR(&mh);
+      cm->cmsg_level = SOL_SOCKET;
+      cm->cmsg_type = SCM_RIGHTS;
+      cm->cmsg_len = CMSG_LEN(sizeof(int));
+      std::memcpy(CMSG_DATA(cm), &fd, sizeof(int));
+      n = ::sendmsg(sock_.fd(), &mh, MSG_NOSIGNAL);
+    } else {
+      n = ::send(sock_.fd(), line.data() + off, line.size() - off, MSG_NOSIGNAL);
+    }
     if (n < 0) {
       if (errno == EINTR) continue;
       Error e = io_error("cannot send QMP command '" + std::string(command) + "'", "", errno);
@@ -131,11 +149,20 @@ QmpClient::Json QmpClient::read_message(Clock::time_point deadline, std::string_
 }
 
 QmpClient::Json QmpClient::execute(std::string_view command, const Json& args, Ms timeout) {
+  return exchange(command, args, -1, timeout);
+}
+
+QmpClient::Json QmpClient::execute_with_fd(std::string_view command, const Json& args, int fd, Ms timeout) {
+  if (fd < 0) throw Error(ErrorCode::kUsage, "internal: execute_with_fd without a descriptor");
+  return exchange(command, args, fd, timeout);
+}
+
+QmpClient::Json QmpClient::exchange(std::string_view command, const Json& args, int fd, Ms timeout) {
   const auto deadline = Clock::now() + timeout;
   const uint64_t id = next_id_++;
   Json msg = {{"execute", command}, {"id", id}};
   if (!args.is_null()) msg["arguments"] = args;
-  send(msg, command);
+  send(msg, command, fd);
   const std::string waiting = "the reply to '" + std::string(command) + "'";
   while (true) {
     Json j = read_message(deadline, waiting);

@@ -46,6 +46,11 @@ class QmpClient {
   // reply's "return" member. Throws kIo "QEMU refused '<command>': <desc>" on
   // an error reply.
   Json execute(std::string_view command, const Json& args = nullptr, Ms timeout = Ms(10000));
+  // Like execute(), passing `fd` along with the command (SCM_RIGHTS), for
+  // `getfd`: QEMU keeps a duplicate under the name given in args, e.g. for
+  // `migrate` to "fd:NAME" without a shell (a -sandbox spawn=deny QEMU
+  // cannot run `exec:`). The caller keeps its own `fd`.
+  Json execute_with_fd(std::string_view command, const Json& args, int fd, Ms timeout = Ms(10000));
 
   // Sends `quit` and tolerates the connection closing before the reply.
   void quit(Ms timeout = Ms(5000));
@@ -58,7 +63,8 @@ class QmpClient {
 
  private:
   Json read_message(std::chrono::steady_clock::time_point deadline, std::string_view waiting_for);
-  void send(const Json& msg, std::string_view command);
+  void send(const Json& msg, std::string_view command, int fd = -1);
+  Json exchange(std::string_view command, const Json& args, int fd, Ms timeout);
 
   io::File sock_;
   std::string path_;

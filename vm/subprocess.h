@@ -7,8 +7,9 @@
 // run_process() is the common "run to completion with a timeout, collect the
 // output" case (qemu-img info/convert/create, the KVM probe's helpers).
 //
-// Also here: shell_quote() for the one place a shell is unavoidable (QEMU's
-// `exec:` migration URIs are run by /bin/sh -c), and find_program().
+// Also here: shell_quote() (vm/ no longer runs QEMU `exec:` URIs, which go
+// through /bin/sh -c; kept for callers that build a shell line), and
+// find_program().
 //
 // Thread safety: a Subprocess is used from one thread at a time; distinct
 // objects are independent. posix_spawn is safe to call from several threads.

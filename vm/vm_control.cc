@@ -20,6 +20,8 @@
 #include "io/file.h"
 #include "io/image_clone.h"
 #include "io/path_alias.h"
+#include "vm/confinement.h"
+#include "vm/machine_policy.h"
 #include "vm/qmp_client.h"
 #include "vm/subprocess.h"
 
@@ -33,6 +35,7 @@ using Json = nlohmann::json;
 namespace {
 
 constexpr const char* kQemu = "qemu-system-x86_64";
+constexpr const char* kDevStateFdName = "vmsynth-devstate";  // capture's `getfd` name
 constexpr const char* kQemuImg = "qemu-img";
 // Kernel arguments the KVM probe appends: early output on ttyS0 with every
 // message shown (the VM's own command line may say `quiet`), and a root
@@ -203,7 +206,10 @@ class QemuGuard {
   explicit QemuGuard(RunLayout run) : run_(std::move(run)) {}
   ~QemuGuard() {
     if (!armed_) return;
-    if (auto pid = running_pid(run_.run_dir)) {
+    // The pid we spawned counts too: QEMU may die or fail before its pidfile.
+    std::optional<pid_t> pid = running_pid(run_.run_dir);
+    if (!pid && spawned_ > 0 && !process_gone(spawned_)) pid = spawned_;
+    if (pid) {
       ::kill(*pid, SIGKILL);
       wait_gone(*pid, run_.run_dir, Ms(3000));
     }
@@ -211,13 +217,18 @@ class QemuGuard {
       clear_run_files(run_);
     } catch (const Error&) {
     }
+    if (cgroup_) remove_vm_cgroups(run_.run_dir);
   }
   QemuGuard(const QemuGuard&) = delete;
   QemuGuard& operator=(const QemuGuard&) = delete;
+  void set_spawned(pid_t pid) { spawned_ = pid; }
+  void remove_cgroup_on_failure() { cgroup_ = true; }
   void release() { armed_ = false; }
 
  private:
   RunLayout run_;
+  pid_t spawned_ = -1;
+  bool cgroup_ = false;
   bool armed_ = true;
 };
 
@@ -596,8 +607,16 @@ CaptureResult capture_vm(const std::string& dir_in, const CaptureOptions& opt) {
   try {
     set_ignore_shared(q);
     const auto tm = Clock::now();
-    // QEMU 7.2 has no file: URI; exec: runs through /bin/sh, so quote the path.
-    q.execute("migrate", {{"uri", "exec:cat > " + shell_quote(devstate_tmp)}});
+    // QEMU 7.2 has no file: URI. Hand QEMU the open file (`getfd`, SCM_RIGHTS)
+    // and migrate to it: no shell, and it works under -sandbox spawn=deny
+    // (an `exec:` URI would fork, and seccomp kills the confined QEMU).
+    {
+      int fd = ::open(devstate_tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+      if (fd < 0) throw io_error("cannot create", devstate_tmp, errno);
+      io::File out_file(fd, devstate_tmp);
+      q.execute_with_fd("getfd", {{"fdname", kDevStateFdName}}, out_file.fd());
+    }
+    q.execute("migrate", {{"uri", std::string("fd:") + kDevStateFdName}});
     wait_migration(q, Ms(120000), "migration of the device state to '" + devstate_tmp + "'");
     res.migrate_ms = ms_since(tm);
 
@@ -632,6 +651,10 @@ CaptureResult capture_vm(const std::string& dir_in, const CaptureOptions& opt) {
 
     RunLayout out_run;  // a captured VM runs in place: raw disk.img, shared memory.img
     out_run.run_dir = out;
+    // Its own boot files (place_boot_files above), so that the recorded
+    // command line is the one resume runs, -kernel/-initrd/-append included.
+    if (spec.kernel) out_run.kernel_path = file_in(out, spec.kernel->name);
+    if (spec.initrd) out_run.initrd_path = file_in(out, spec.initrd->name);
     QemuArgvOptions resume_args;
     resume_args.incoming = true;
     Json oj = to_json(spec, out_run);
@@ -661,15 +684,74 @@ CaptureResult capture_vm(const std::string& dir_in, const CaptureOptions& opt) {
 
 // ---------------------------------------------------------------- resume
 
+namespace {
+
+constexpr const char* kQemuLogName = "qemu.log";  // stdout/stderr of a resumed QEMU
+constexpr int kDevStateFd = 3;                    // devstate.bin in QEMU: `migrate-incoming fd:3`
+
+// The machine to resume: vmdir's own, or for an untrusted vmdir the one the
+// policy allows against the trusted base (boot files from the base only).
+VmDescription machine_to_resume(const std::string& vmdir, const ResumeOptions& opt,
+                                std::vector<std::string>& boot_dirs) {
+  if (opt.trusted_base_dir.empty()) {
+    boot_dirs = {vmdir};
+    boot_dirs.insert(boot_dirs.end(), opt.boot_file_dirs.begin(), opt.boot_file_dirs.end());
+    return load_machine(vmdir, "launched");
+  }
+  const std::string base = absolute_path(opt.trusted_base_dir);
+  const MachineSpec base_spec = load_machine(base, "used as the trusted base").spec;
+  VmDescription d;
+  d.json = read_vm_json(vmdir);
+  try {
+    d.spec = apply_machine_policy(d.json, base_spec, opt.policy);
+  } catch (const Error& e) {
+    throw Error(e.code(), "VM directory '" + vmdir + "' is refused against its base '" + base + "': " + e.message());
+  }
+  boot_dirs = {base};
+  return d;
+}
+
+// Connects to the QMP socket of the QEMU we spawned, failing early (with
+// QEMU's last words from qemu.log) if it exits first.
+QmpClient connect_spawned(const RunLayout& run, pid_t pid, Ms timeout) {
+  const auto deadline = Clock::now() + timeout;
+  while (true) {
+    if (process_gone(pid)) {
+      const std::string log = read_serial(run.path(kQemuLogName));
+      throw Error(ErrorCode::kIo, "QEMU (pid " + std::to_string(pid) + ") exited while starting" +
+                                      (log.empty() ? std::string(" without a message") : ": " + last_line(log)) + " (" +
+                                      run.path(kQemuLogName) + ")");
+    }
+    try {
+      return QmpClient::connect(run.qmp_socket(), Ms(100));
+    } catch (const Error&) {
+      if (Clock::now() >= deadline) throw;
+    }
+  }
+}
+
+}  // namespace
+
 ResumeResult resume_vm(const std::string& vmdir_in, const ResumeOptions& opt) {
   const auto t0 = Clock::now();
   const std::string vmdir = absolute_path(vmdir_in);
   // Before QEMU is looked for: a directory that can never be launched should
   // say so on any machine.
-  VmDescription d = load_machine(vmdir, "launched");
+  std::vector<std::string> search;
+  VmDescription d = machine_to_resume(vmdir, opt, search);
   require_qemu();
   const Json& j = d.json;
   const MachineSpec& spec = d.spec;
+  std::optional<ConfinedUser> user;
+  if (opt.confinement) {
+    user = resolve_user(*opt.confinement);
+    if (opt.shared_memory && user->switch_user) {
+      throw Error(ErrorCode::kUsage,
+                  "--shared-memory cannot be confined to another user: QEMU would need "
+                  "write access to the VM's own memory.img");
+    }
+    if (spec.accel == Accel::kKvm) require_kvm_access(*user);
+  }
   const std::string devstate = file_in(vmdir, kDevStateName);
   if (!io::path_exists(devstate)) {
     throw Error(ErrorCode::kUsage, "'" + vmdir + "' has no devstate.bin: it is a powered-off VM, not a "
@@ -683,8 +765,6 @@ ResumeResult resume_vm(const std::string& vmdir_in, const ResumeOptions& opt) {
     throw Error(ErrorCode::kUsage, "'" + vmdir + "' is a work directory of another VM, not a captured "
                                    "VM directory; capture it first with `vmsynth vm capture`");
   }
-  std::vector<std::string> search = {vmdir};
-  search.insert(search.end(), opt.boot_file_dirs.begin(), opt.boot_file_dirs.end());
 
   ResumeResult res;
   res.accel = spec.accel;
@@ -693,6 +773,7 @@ ResumeResult resume_vm(const std::string& vmdir_in, const ResumeOptions& opt) {
   if (opt.work_dir.empty()) {
     run = src;
     require_not_running(vmdir);
+    if (user) reclaim_run_dir(*user, vmdir);
     resolve_boot_files(spec, run, search);
   } else {
     const std::string work = absolute_path(opt.work_dir);
@@ -700,6 +781,7 @@ ResumeResult resume_vm(const std::string& vmdir_in, const ResumeOptions& opt) {
     make_dirs(work);
     require_not_running(work);
     require_not_running(vmdir);  // its disk.img would be a backing file in use for writing
+    if (user) reclaim_run_dir(*user, work);
     run.run_dir = work;
     resolve_boot_files(spec, run, search);
     const auto tp = Clock::now();
@@ -731,18 +813,60 @@ ResumeResult resume_vm(const std::string& vmdir_in, const ResumeOptions& opt) {
   res.run_dir = run.run_dir;
   clear_run_files(run);
 
-  const auto tr = Clock::now();
+  // QEMU runs in the foreground of a detached grandchild (spawn_detached),
+  // not with -daemonize, and reads devstate.bin from an inherited fd rather
+  // than `exec:cat`: both of those fork, which -sandbox spawn=deny forbids.
+  // Unconfined resumes take the same path, so there is one.
   QemuGuard guard(run);
   QemuArgvOptions qo;
   qo.incoming = true;
-  launch_daemon(qemu_argv(spec, run, qo), opt.timeout);
-  QmpClient q = QmpClient::connect(run.qmp_socket(), opt.timeout);
+  qo.qemu_forks = false;
+  io::File devstate_file = io::File::open_read(devstate);
+  const std::string log_path = run.path(kQemuLogName);
+  // Fresh, and never through a symlink: a confined QEMU's user owns this
+  // directory between runs.
+  remove_file(log_path);
+  int log_fd = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+  if (log_fd < 0) throw io_error("cannot create", log_path, errno);
+  io::File log_file(log_fd, log_path);
+  DetachedSpawn sp;
+  sp.inherit_fd = devstate_file.fd();
+  sp.log_fd = log_file.fd();
+  VmCgroup cgroup;
+  if (opt.confinement) {
+    const Confinement& c = *opt.confinement;
+    qo.sandbox = c.seccomp;
+    chown_run_dir(*user, run.run_dir);
+    require_access(*user, run.run_dir, W_OK | X_OK, "the run directory");
+    if (!run.kernel_path.empty()) require_access(*user, run.kernel_path, R_OK, "the kernel");
+    if (!run.initrd_path.empty()) require_access(*user, run.initrd_path, R_OK, "the initrd");
+    if (!opt.work_dir.empty()) require_access(*user, src.path(src.disk_file), R_OK, "the VM's disk (backing file)");
+    guard.remove_cgroup_on_failure();
+    make_vm_cgroup(run.run_dir, spec, c, cgroup);
+    sp.user = &*user;
+    sp.cgroup_procs = &cgroup.procs;
+    sp.rlimits = true;
+    sp.nofile = c.max_open_files;
+    res.sandboxed = c.seccomp;
+    res.limits = cgroup.limits + "; rlimits: core=0 nofile=" + std::to_string(c.max_open_files);
+    res.uid = user->uid;
+    res.gid = user->gid;
+  } else {
+    res.uid = ::geteuid();
+    res.gid = ::getegid();
+  }
+  sp.argv = qemu_argv(spec, run, qo);
+
+  const auto tr = Clock::now();
+  const pid_t pid = spawn_detached(sp);
+  guard.set_spawned(pid);
+  QmpClient q = connect_spawned(run, pid, opt.timeout);
   set_ignore_shared(q);
-  q.execute("migrate-incoming", {{"uri", "exec:cat " + shell_quote(devstate)}});
+  q.execute("migrate-incoming", {{"uri", "fd:" + std::to_string(kDevStateFd)}});
   wait_migration(q, opt.timeout, "incoming migration from '" + devstate + "'");
   if (qmp_status(q) != "running") q.execute("cont");
   res.resume_ms = ms_since(tr);
-  res.pid = running_pid(run.run_dir).value_or(-1);
+  res.pid = running_pid(run.run_dir).value_or(pid);
   guard.release();
   res.total_ms = ms_since(t0);
   return res;
@@ -786,6 +910,7 @@ StopResult stop_vm(const std::string& dir_in, Ms grace) {
     }
   }
   clear_run_files(run);
+  res.warnings = remove_vm_cgroups(dir);
   res.stop_ms = ms_since(t0);
   return res;
 }

@@ -4,12 +4,16 @@
 // and vm.json (vm/machine_spec.h). Guest RAM lives in a file
 // (memory-backend-file, share=on), so memory.img *is* the page-aligned RAM
 // image. Capture pauses the guest, migrates with `x-ignore-shared` to
-// `exec:cat > devstate.bin` (device state only, ~0.4 MB) and copies the RAM
+// a devstate.bin it hands QEMU with QMP `getfd` (device state only, ~0.4
+// MB; no shell, so confined VMs can be captured too) and copies the RAM
 // file and the disk. Resume starts QEMU with the identical command line plus
-// `-incoming defer`, sets the same capability, `migrate-incoming` from
-// devstate.bin, and `cont`s. See docs/vm.md for the full recipe and numbers.
+// `-incoming defer` (without -daemonize: vmsynth detaches QEMU itself), sets
+// the same capability, `migrate-incoming fd:3` (devstate.bin, inherited),
+// and `cont`s; optionally confined (Confinement) and, for a VM directory
+// from an untrusted overlay, checked against its base (trusted_base_dir).
+// See docs/vm.md for the full recipe and numbers.
 //
-// A VM "runs in" a directory: QEMU is daemonized with its pidfile (qemu.pid),
+// A VM "runs in" a directory: QEMU runs detached with its pidfile (qemu.pid),
 // QMP socket (qmp.sock) and serial console (serial.log, appended) there, and
 // that directory's vm.json describes where its disk and RAM are (run layout).
 // `resume --work DIR` runs on a cheap clone in DIR (qcow2 overlay of the
@@ -23,11 +27,14 @@
 // "not running"; kExists for "already running" or an existing output without
 // force; kIo for QEMU/QMP failures (the message names the QMP command or
 // QEMU's own error) and for a started guest that writes nothing to its serial
-// console within StartOptions::boot_timeout.
+// console within StartOptions::boot_timeout; kCorrupt when an untrusted
+// vm.json is refused by the machine policy (vm/machine_policy.h).
 //
 // Ownership: the functions own the QEMU processes only while they start
-// them; once a function returns successfully the VM runs detached (daemonized)
-// and belongs to its directory, until stop_vm(). A function that fails after
+// them; once a function returns successfully the VM runs detached (daemonized,
+// or for resume double-forked and setsid: it outlives the caller, even a
+// SIGKILLed one, and is found again by its pidfile lock) and belongs to its
+// directory, until stop_vm(). A function that fails after
 // starting QEMU kills that QEMU before throwing.
 // Thread safety: functions are reentrant for distinct directories; two
 // operations on one directory at once are the caller's mistake.
@@ -37,9 +44,11 @@
 
 #include <chrono>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "vm/machine_policy.h"
 #include "vm/machine_spec.h"
 
 namespace vmsynth::vm {
@@ -137,6 +146,48 @@ struct CaptureResult {
 // Captures the VM running in `dir` into opt.out_dir.
 CaptureResult capture_vm(const std::string& dir, const CaptureOptions& opt);
 
+// How a resumed VM is confined (ResumeOptions::confinement). Each measure is
+// independent; docs/vm.md "Confined launch" says what each costs.
+//
+//   seccomp  QEMU's `-sandbox on,obsolete=deny,elevateprivileges=deny,
+//            spawn=deny,resourcecontrol=deny`. QEMU 7.2 installs the filter
+//            before it would daemonize, so spawn=deny kills `-daemonize`
+//            (SIGSYS) and `exec:` migration URIs: a confined QEMU runs
+//            without -daemonize, detached by vmsynth (double fork + setsid),
+//            and reads devstate.bin from an inherited descriptor (`fd:3`).
+//   user     When the caller is root, QEMU runs as `uid`:`gid` with the
+//            supplementary groups of uid's passwd entry (group `kvm` for a
+//            KVM VM). The run directory and its files (except hard links,
+//            such as boot files linked from the base) are chowned to uid;
+//            the boot files and, with work_dir, the VM's disk must be
+//            readable by it. A root caller must give a uid (QEMU as root is
+//            refused); a non-root caller runs QEMU as itself and may give
+//            only its own uid.
+//   cgroup   A per-VM cgroup named after the run directory, vmsynth/vm-<hash>
+//            under /sys/fs/cgroup (v2) or /sys/fs/cgroup/{memory,cpu} (v1):
+//            memory limit = guest RAM + memory_overhead_mib (+ 1 GiB for a
+//            TCG VM: QEMU's translation cache), CPU quota = vCPUs x 100 ms
+//            per 100 ms. QEMU joins it before exec; stop_vm
+//            removes it. When no cgroup can be made (not root, read-only
+//            /sys/fs/cgroup, no controllers) the launch goes on with rlimits
+//            only and ResumeResult::limits says why.
+//   rlimits  Always: RLIMIT_CORE 0 (no core file holding guest RAM) and
+//            RLIMIT_NOFILE max_open_files. Nothing else: RLIMIT_AS cannot
+//            bound QEMU (it reserves far more address space than it uses)
+//            and RLIMIT_CPU is CPU time, not a rate.
+struct Confinement {
+  bool seccomp = true;
+  std::optional<uid_t> uid;  // required when the caller is root
+  std::optional<gid_t> gid;  // default: uid's primary group (passwd), else uid
+  bool cgroup = true;        // false: skip the cgroup (limits says so)
+  // Memory allowed above guest RAM (QEMU itself, TCG code cache, page
+  // tables), MiB. Default 256, range 0 .. 65536.
+  uint64_t memory_overhead_mib = 256;
+  // RLIMIT_NOFILE of QEMU. Default 1024, range 64 .. 65536 (capped at the
+  // caller's hard limit).
+  uint64_t max_open_files = 1024;
+};
+
 struct ResumeOptions {
   // Empty: run in the VM directory itself (its disk.img and memory.img change).
   // Otherwise: run on a clone in this directory, leaving the VM directory pristine.
@@ -151,6 +202,16 @@ struct ResumeOptions {
   std::vector<std::string> boot_file_dirs;
   // Upper bound for QEMU start + incoming migration. Default 60 s.
   std::chrono::milliseconds timeout{60000};
+  // Non-empty: `vmdir` is untrusted (synthesized from someone else's
+  // overlay) and this is its trusted base VM directory. vmdir's vm.json must
+  // then pass apply_machine_policy (vm/machine_policy.h) against the base's
+  // vm.json, the machine run is the one it returns, and the boot files come
+  // from this directory only (boot_file_dirs and vmdir are not searched).
+  // A refusal throws kCorrupt before anything is written.
+  std::string trusted_base_dir;
+  MachinePolicy policy;  // used with trusted_base_dir
+  // Set: run QEMU confined (see Confinement).
+  std::optional<Confinement> confinement;
 };
 
 struct ResumeResult {
@@ -161,6 +222,14 @@ struct ResumeResult {
   double resume_ms = 0;         // from spawning QEMU until `cont` returned (guest running)
   double total_ms = 0;          // prepare + resume + bookkeeping
   uint64_t devstate_bytes = 0;
+  bool sandboxed = false;  // QEMU runs under -sandbox (seccomp)
+  uid_t uid = 0;           // user QEMU runs as
+  gid_t gid = 0;
+  // Resource limits in effect, e.g. "cgroup v1 /sys/fs/cgroup/memory/vmsynth/
+  // vm-...: memory.limit_in_bytes=... ; rlimits: core=0 nofile=1024", or
+  // "none: ..." / "rlimits only (...)" saying why no cgroup. Empty when not
+  // confined.
+  std::string limits;
 };
 
 // Resumes a captured or synthesized VM directory in the background.
@@ -170,9 +239,11 @@ struct StopResult {
   pid_t pid = -1;
   bool forced = false;          // QMP quit did not end QEMU in time; signals were used
   double stop_ms = 0;
+  std::vector<std::string> warnings;  // e.g. a cgroup that could not be removed
 };
 
-// Quits the VM running in `dir`: QMP quit, then SIGTERM, then SIGKILL.
+// Quits the VM running in `dir`: QMP quit, then SIGTERM, then SIGKILL; then
+// removes the VM's cgroup (Confinement), if there is one.
 // Throws kUsage when `dir` does not exist or no VM runs there.
 StopResult stop_vm(const std::string& dir,
                    std::chrono::milliseconds grace = std::chrono::milliseconds(5000));

@@ -181,6 +181,30 @@ TEST(MachineSpec, ArgvPinsTheMachineAndMapsRam) {
   EXPECT_EQ(std::count(c.begin(), c.end(), "-no-reboot"), 0);
 }
 
+// A confined resume: QEMU in the foreground (vmsynth detaches it) with its
+// QMP socket and pidfile, under -sandbox; otherwise the same command line.
+TEST(MachineSpec, ConfinedResumeArgvIsSandboxedAndDoesNotFork) {
+  RunLayout run;
+  run.run_dir = "/d";
+  run.kernel_path = "/d/kernel";
+  QemuArgvOptions plain;
+  plain.incoming = true;
+  QemuArgvOptions confined = plain;
+  confined.qemu_forks = false;
+  confined.sandbox = true;
+  auto a = qemu_argv(sample(), run, plain);
+  auto c = qemu_argv(sample(), run, confined);
+  EXPECT_EQ(std::count(c.begin(), c.end(), "-daemonize"), 0);
+  EXPECT_TRUE(has_arg(c, "-pidfile", "/d/qemu.pid"));
+  EXPECT_TRUE(has_arg(c, "-mon", "chardev=qmp,mode=control"));
+  EXPECT_TRUE(has_arg(c, "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"));
+  a.erase(std::find(a.begin(), a.end(), "-daemonize"));
+  c.erase(std::find(c.begin(), c.end(), "-sandbox"), std::find(c.begin(), c.end(), "-sandbox") + 2);
+  std::sort(a.begin(), a.end());
+  std::sort(c.begin(), c.end());
+  EXPECT_EQ(a, c) << "the machine must not change under confinement";
+}
+
 TEST(MachineSpec, ProbeArgvDoesNotRebootAndExtendsTheCommandLine) {
   RunLayout run;
   run.run_dir = "/d";
