@@ -4,6 +4,7 @@
 #include <dirent.h>
 #include <httplib.h>
 #include <netinet/in.h>
+#include <pwd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
@@ -25,6 +26,8 @@
 #include "cloudlet/tokens.h"
 #include "cloudlet/vm_registry.h"
 #include "common/error.h"
+#include "vm/machine_policy.h"
+#include "vm/machine_spec.h"
 #include "vm/vm_control.h"
 #include "vmsynth/vmsynth.h"
 
@@ -194,6 +197,8 @@ struct Daemon::Impl {
   std::unique_ptr<httplib::Server> server;
   int port = 0;
   bool tls = false;
+  std::optional<uid_t> qemu_uid;  // --qemu-user
+  gid_t qemu_gid = 0;
 
   vmsynth_cancel* group_cancel = nullptr;  // every session follows it
   std::atomic<bool> draining{false};
@@ -546,17 +551,38 @@ struct Daemon::Impl {
   // Launches the synthesized VM of `record` (updated in place). A failure
   // with code "refused" means its vm.json is not acceptable.
   std::optional<Failure> launch(json& record, const BaseVm& base) {
-    if (::geteuid() == 0 && cfg.qemu_user.empty()) {
+    if (::geteuid() == 0 && !qemu_uid) {
       return Failure{422, "unsupported",
                      "this cloudlet runs as root without --qemu-user, and does not run QEMU as root"};
     }
+    const std::string dir = record["dir"].get<std::string>();
+    // The sender wrote this vm.json: it must describe the base VM's machine.
+    // Checked here, so that a refusal is told apart from a failed launch;
+    // resume_vm checks it again against the same base (trusted_base_dir).
+    try {
+      const vm::VmDescription trusted = vm::load_machine(base.dir, "launched");
+      vm::apply_machine_policy(vm::read_vm_json(dir), trusted.spec);
+    } catch (const Error& e) {
+      if (e.code() == ErrorCode::kUnsupported) return failure_from_error(e);  // no machine description
+      return Failure{400, "refused", e.message()};
+    }
     try {
       vm::ResumeOptions ro;
-      ro.boot_file_dirs = {base.dir};
-      const vm::ResumeResult r = vm::resume_vm(record["dir"].get<std::string>(), ro);
+      ro.trusted_base_dir = base.dir;
+      vm::Confinement c;
+      if (qemu_uid) {
+        c.uid = *qemu_uid;
+        c.gid = qemu_gid;
+      }
+      ro.confinement = c;
+      const vm::ResumeResult r = vm::resume_vm(dir, ro);
       record["state"] = "running";
-      record["launch"] = {
-          {"pid", r.pid}, {"accelerator", std::string(vm::accel_name(r.accel))}, {"resume_ms", r.resume_ms}};
+      record["launch"] = {{"pid", r.pid},
+                          {"accelerator", std::string(vm::accel_name(r.accel))},
+                          {"resume_ms", r.resume_ms},
+                          {"sandboxed", r.sandboxed},
+                          {"uid", r.uid},
+                          {"limits", r.limits}};
       return std::nullopt;
     } catch (const Error& e) {
       return failure_from_error(e);
@@ -745,6 +771,17 @@ Daemon::Daemon(DaemonConfig cfg, Log log) : impl_(std::make_unique<Impl>(std::mo
   }
   if (d.cfg.tls_cert.empty() != d.cfg.tls_key.empty()) {
     throw Error(ErrorCode::kUsage, "--tls-cert and --tls-key go together");
+  }
+  if (!d.cfg.qemu_user.empty()) {
+    const passwd* pw = ::getpwnam(d.cfg.qemu_user.c_str());
+    if (pw == nullptr) throw Error(ErrorCode::kUsage, "--qemu-user '" + d.cfg.qemu_user + "': no such user");
+    if (pw->pw_uid == 0) throw Error(ErrorCode::kUsage, "--qemu-user '" + d.cfg.qemu_user + "' is root");
+    if (::geteuid() != 0 && pw->pw_uid != ::geteuid()) {
+      throw Error(ErrorCode::kUsage,
+                  "--qemu-user '" + d.cfg.qemu_user + "' needs vmsynthd to run as root (it switches QEMU's user)");
+    }
+    d.qemu_uid = pw->pw_uid;
+    d.qemu_gid = pw->pw_gid;
   }
   std::error_code ec;
   fs::create_directories(d.cfg.state_dir, ec);
