@@ -7,8 +7,10 @@
 // exits at once, so QEMU is reparented to init (or the nearest subreaper),
 // belongs to no terminal or process group of the caller, outlives it (a
 // SIGKILLed daemon finds it again by its pidfile lock) and never becomes the
-// caller's zombie. Everything the child needs is prepared before fork; the
-// child only makes async-signal-safe calls (a daemon has threads).
+// caller's zombie. QEMU gets fds 0-2 (/dev/null, qemu.log) and the inherited
+// fd 3 only: every other descriptor of the caller is closed (close_range).
+// Everything the child needs is prepared before fork; the child only makes
+// async-signal-safe calls (a daemon has threads).
 //
 // Ownership: VmCgroup owns nothing (the cgroup outlives the call and belongs
 // to the VM's run directory; remove_vm_cgroups() deletes it). DetachedSpawn

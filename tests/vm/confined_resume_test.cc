@@ -7,6 +7,7 @@
 //
 // As root QEMU runs as nobody (65534:65534); as another user, as that user.
 // Skipped when qemu-system-x86_64 is not installed.
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/stat.h>
@@ -149,6 +150,7 @@ class ConfinedResume : public ::testing::Test {
     ASSERT_TRUE(setup_error_.empty()) << setup_error_;
   }
   void TearDown() override {
+    if (leaked_fd_ >= 0) ::close(leaked_fd_);
     for (const auto& d : running_) {
       try {
         if (query_vm(d).running) stop_vm(d);
@@ -171,9 +173,16 @@ class ConfinedResume : public ::testing::Test {
   static inline std::string setup_error_;
   static inline int base_counter_ = 0;
   std::vector<std::string> running_;
+  int leaked_fd_ = -1;
 };
 
 TEST_F(ConfinedResume, GuestContinuesUnderSeccompUserAndCgroup) {
+  {
+    const int fd = ::open("/dev/null", O_RDONLY);
+    leaked_fd_ = ::fcntl(fd, F_DUPFD, 20);  // deliberately without FD_CLOEXEC
+    ::close(fd);
+  }
+  ASSERT_GE(leaked_fd_, 20);
   ResumeOptions o;
   o.work_dir = dir("w");
   o.confinement = confinement();
@@ -187,6 +196,9 @@ TEST_F(ConfinedResume, GuestContinuesUnderSeccompUserAndCgroup) {
   EXPECT_EQ(proc_status(r.pid, "Uid").substr(0, proc_status(r.pid, "Uid").find('\t')), std::to_string(expect_uid));
   EXPECT_NE(proc_status(r.pid, "PPid"), std::to_string(::getpid())) << "QEMU is detached, not our child";
   EXPECT_NE(r.limits.find("rlimits: core=0 nofile=1024"), std::string::npos) << r.limits;
+  // Only 0-3 of ours reach QEMU; a descriptor we leave open (no CLOEXEC) must not.
+  EXPECT_FALSE(fs::exists("/proc/" + std::to_string(r.pid) + "/fd/" + std::to_string(leaked_fd_)));
+  EXPECT_EQ(proc_status(r.pid, "Uid").find(std::to_string(expect_uid)), 0u);
 
   ASSERT_TRUE(wait_for_counter(o.work_dir + "/serial.log", base_counter_ + 2, seconds(30)))
       << read_text(o.work_dir + "/serial.log") << read_text(o.work_dir + "/qemu.log");
