@@ -73,7 +73,7 @@ class Guest:
         vmd, self.base, work, self.launch = root / "vm", root / "bases" / "tiny", root / "w", root / "launch"
         self.base.parent.mkdir()
         cli("vm", "create", "--out", vmd, "--disk", guest / "disk.img", "--memory-mib", 128, "--kernel",
-            guest / "vmlinuz", "--initrd", guest / "initrd.img", "--append", append, "--accel", "tcg", "-q")
+            guest / "vmlinuz", "--initrd", guest / "initrd.img", "--append", append, "--accel", "tcg")
         try:
             cli("vm", "start", vmd)
             wait_for(lambda: len(counters(vmd / "serial.log")) >= 3, 180, "the base guest to count to 3")
@@ -190,7 +190,9 @@ def test_launch_true_runs_the_launch_vm_confined_and_delete_stops_it(guest, daem
     t = vm["timings"]
     assert t["first_byte_to_running_s"] >= t["first_byte_to_synthesized_s"] > 0
     serial = Path(vm["dir"]) / "serial.log"
-    wait_for(lambda: len(counters(serial)) >= 2, 60, "the synthesized guest to print its counter")
+    # The guest prints a STATUS line (app and disk marker) every few counts.
+    wait_for(lambda: "STATUS" in serial.read_text(errors="replace") if serial.exists() else False, 90,
+             "the synthesized guest to print its status")
     c = counters(serial)
     assert c[0] == guest.launch_counter + 1, f"must continue the launch VM's counter: {c[:5]}"
     text = serial.read_text(errors="replace")
