@@ -816,6 +816,10 @@ Daemon::Daemon(DaemonConfig cfg, Log log) : impl_(std::make_unique<Impl>(std::mo
   d.server->set_keep_alive_timeout(5);
   d.server->set_payload_max_length(d.cfg.max_overlay_bytes);
   d.server->set_tcp_nodelay(true);
+  if (!d.tls && !is_loopback_host(d.cfg.listen_host)) {
+    d.log("notice: serving " + d.cfg.listen_host +
+          " without TLS: tokens, keys and unencrypted overlays cross the network in the clear (--tls-cert/--tls-key)");
+  }
   d.routes();
 }
 
