@@ -12,7 +12,10 @@
 #include <algorithm>
 #include <atomic>
 #include <cctype>
+#include <chrono>
 #include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -202,6 +205,70 @@ PushError answer_error(const httplib::Response& res, const CloudletUrl& url) {
                    res.status, "http");
 }
 
+// A duplicate of the connection's socket (plain http only), to read an
+// answer that arrived while the body was still being sent. The daemon
+// refuses an overlay as soon as it knows (a wrong key or base is known from
+// the header), answers, and closes; the close resets the connection, the
+// next write fails, and httplib (0.11) reports only that. Linux keeps the
+// bytes that arrived before the reset readable, so they are read here.
+class SocketTap {
+ public:
+  SocketTap() = default;
+  ~SocketTap() { reset(-1); }
+  SocketTap(const SocketTap&) = delete;
+  SocketTap& operator=(const SocketTap&) = delete;
+
+  // Called by httplib for every new connection.
+  void reset(int fd) {
+    std::lock_guard lock(mu_);
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = fd >= 0 ? ::fcntl(fd, F_DUPFD_CLOEXEC, 3) : -1;
+  }
+
+  // The HTTP answer waiting on the socket, if a whole one is there within
+  // `timeout_ms`.
+  std::optional<httplib::Response> answer(int timeout_ms) {
+    std::lock_guard lock(mu_);
+    if (fd_ < 0) return std::nullopt;
+    std::string raw;
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+    size_t body_at = std::string::npos, length = std::string::npos;
+    for (;;) {
+      if (body_at == std::string::npos && (body_at = raw.find("\r\n\r\n")) != std::string::npos) {
+        body_at += 4;
+        const std::string head = raw.substr(0, body_at);
+        std::string lower(head.size(), ' ');
+        std::transform(head.begin(), head.end(), lower.begin(), [](unsigned char c) { return std::tolower(c); });
+        if (const size_t at = lower.find("\r\ncontent-length:"); at != std::string::npos) {
+          length = std::strtoull(head.c_str() + at + 17, nullptr, 10);
+        }
+      }
+      if (body_at != std::string::npos && length != std::string::npos && raw.size() >= body_at + length) break;
+      const int left = static_cast<int>(
+          std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count());
+      pollfd p{fd_, POLLIN, 0};
+      if (left <= 0 || ::poll(&p, 1, left) <= 0) break;
+      char buf[4096];
+      const ssize_t n = ::recv(fd_, buf, sizeof buf, 0);
+      if (n <= 0) break;  // end of the answer (the peer closed), or the reset
+      raw.append(buf, static_cast<size_t>(n));
+      if (raw.size() > (size_t{1} << 20)) break;
+    }
+    int status = 0;
+    if (body_at == std::string::npos || std::sscanf(raw.c_str(), "HTTP/1.%*d %d", &status) != 1 || status < 200) {
+      return std::nullopt;
+    }
+    httplib::Response res;
+    res.status = status;
+    res.body = raw.substr(body_at, length);
+    return res;
+  }
+
+ private:
+  std::mutex mu_;
+  int fd_ = -1;
+};
+
 std::unique_ptr<httplib::ClientImpl> make_client(const CloudletUrl& url, const std::string& ca_cert_file) {
   std::unique_ptr<httplib::ClientImpl> cli;
   if (url.tls) {
@@ -355,6 +422,9 @@ json push_overlay(const PushRequest& rq) {
 
   OverlaySource source(rq.overlay, rq.cancelled);
   std::unique_ptr<httplib::ClientImpl> cli = make_client(url, rq.ca_cert_file);
+  // TLS: the bytes on the socket are records only the TLS session can read.
+  SocketTap tap;
+  if (!url.tls) cli->set_socket_options([&tap](socket_t fd) { tap.reset(fd); });
   httplib::Headers headers;
   if (!rq.token.empty()) headers.emplace("Authorization", "Bearer " + rq.token);
   std::atomic<bool> stop{false};
@@ -471,7 +541,12 @@ json push_overlay(const PushRequest& rq) {
     if (source_failure->code() == ErrorCode::kInterrupted) throw interrupted(sent);
     throw *source_failure;
   }
-  if (!posted) throw transport_error(posted.error(), url, *cli, sent);
+  if (!posted) {
+    if (posted.error() == httplib::Error::Write) {
+      if (std::optional<httplib::Response> early = tap.answer(5000)) throw answer_error(*early, url);
+    }
+    throw transport_error(posted.error(), url, *cli, sent);
+  }
   if (posted->status != 201 && posted->status != 200) throw answer_error(*posted, url);
   json doc = json::parse(posted->body, nullptr, false);
   if (!doc.is_object()) {
