@@ -215,8 +215,11 @@ def test_stdin_is_chunked_and_ctrl_c_stops_it(data, daemon):
     assert sessions, "no session appeared on the daemon"
     assert sessions[0]["content_length"] == 0  # chunked: no length declared
     p.send_signal(signal.SIGINT)
-    out, err = p.communicate(timeout=30)
+    p.wait(30)  # stdin stays open: communicate() would close it, an EOF racing the signal
+    err = p.stderr.read()
     p.stdin.close()
+    p.stdout.close()
+    p.stderr.close()
     assert p.returncode == 9, err
     assert b"interrupted by SIGINT" in err
     for _ in range(100):
