@@ -68,8 +68,10 @@ void print_push_result(const nlohmann::json& doc, const std::string& url, bool j
                  doc["launch_error"].value("code", "").c_str());
   }
   if (json) {
-    nlohmann::json j = {{"ok", true}};
-    for (const auto& [k, v] : doc.items()) j[k] = v;
+    // "ok" first and "url" last, the cloudlet's fields between them.
+    nlohmann::ordered_json j = {{"ok", true}};
+    const nlohmann::ordered_json fields = nlohmann::ordered_json::parse(doc.dump());
+    for (const auto& [k, v] : fields.items()) j[k] = v;
     j["url"] = url;
     std::printf("%s\n", j.dump(2).c_str());
     return;
@@ -123,8 +125,8 @@ void add_push_command(CLI::App& app) {
                 "Launch disk on the cloudlet: raw (default) or qcow2 (backed by its base disk)")
       ->check(CLI::IsMember({"raw", "qcow2"}));
   args->key.add_to(*c,
-                   "of an encrypted overlay, sent to the cloudlet in a request header (X-Vmsynth-Key as 64 hex "
-                   "digits, or X-Vmsynth-Passphrase); refused over plain http except to a loopback host");
+                   "of an encrypted overlay, sent to the cloudlet in a request header (so refused over plain "
+                   "http except to a loopback host)");
   c->add_flag("--json", args->json,
               "Print the result as JSON: {\"ok\":true, the cloudlet's fields, \"url\"}, or "
               "{\"ok\":false,\"error\":{\"code\",\"message\",\"api_code\",\"http_status\"}}");

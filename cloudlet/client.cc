@@ -166,12 +166,12 @@ PushError transport_error(httplib::Error e, const CloudletUrl& url, const httpli
     case httplib::Error::SSLServerVerification: {
       long v = X509_V_OK;
       if (const auto* ssl = dynamic_cast<const httplib::SSLClient*>(&cli)) v = ssl->get_openssl_verify_result();
-      const std::string why = v != X509_V_OK ? X509_verify_cert_error_string(v)
-                                             : "its certificate does not name the host '" + url.host + "'";
-      return PushError(ErrorCode::kIo,
-                       "TLS certificate verification of " + u + " failed: " + why +
-                           " (give the CA certificate that signed it with --cacert)",
-                       0, "tls_verification");
+      const std::string why = v != X509_V_OK ? std::string(X509_verify_cert_error_string(v)) +
+                                                   " (give the CA certificate that signed it with --cacert)"
+                                             : "its certificate does not name the host '" + url.host +
+                                                   "' (use the name or address its certificate gives)";
+      return PushError(ErrorCode::kIo, "TLS certificate verification of " + u + " failed: " + why, 0,
+                       "tls_verification");
     }
     case httplib::Error::Write:
       return PushError(ErrorCode::kIo,
@@ -180,10 +180,11 @@ PushError transport_error(httplib::Error e, const CloudletUrl& url, const httpli
                            "e.g. a wrong key or one too large, and its log says why)",
                        0, "connection_closed");
     case httplib::Error::Read:
-      return PushError(
-          ErrorCode::kIo,
-          u + " closed the connection or sent no answer within " + std::to_string(kResponseTimeoutSeconds) + " s", 0,
-          "no_answer");
+      return PushError(ErrorCode::kIo,
+                       u + " closed the connection without an HTTP answer, or sent none for " +
+                           std::to_string(kResponseTimeoutSeconds) + " s (is it vmsynthd? does it serve " +
+                           (url.tls ? "plain http" : "https") + " on that port?)",
+                       0, "no_answer");
     default:
       return PushError(ErrorCode::kIo, "request to " + u + " failed: " + httplib::to_string(e), 0, "http");
   }

@@ -63,6 +63,11 @@ class Data:
         self.encrypted = root / "app-encrypted.vmo"
         cli_ok("overlay", "create", "--base", self.base, "--launch", self.launch, "-o", self.encrypted,
                "--key-file", self.key, "-q")
+        self.passphrase = root / "passphrase"
+        self.passphrase.write_text("correct horse battery staple\n")
+        self.sealed = root / "app-passphrase.vmo"
+        cli_ok("overlay", "create", "--base", self.base, "--launch", self.launch, "-o", self.sealed,
+               "--passphrase-file", self.passphrase, "-q")
         # Damaged after its header: the daemon finds it while synthesizing.
         self.corrupt = root / "corrupt.vmo"
         raw = bytearray(self.overlay.read_bytes())
@@ -258,10 +263,19 @@ def test_encrypted_right_and_wrong_key(data, daemon):
     assert "(HTTP 400 wrong_key)" in r.stderr
 
 
+def test_passphrase(data, daemon):
+    r = cli("push", "--to", daemon.url, "--passphrase-file", data.passphrase, "--json", data.sealed)
+    assert r.returncode == 0, r.stderr
+    assert_launch_vm(data, json.loads(r.stdout)["dir"])
+    r = cli("push", "--to", daemon.url, "--json", data.sealed)  # no passphrase
+    assert r.returncode == 5, r.stderr
+
+
 def test_key_is_not_sent_in_clear_to_another_host(data):
-    r = cli("push", "--to", "http://192.0.2.1:8470", "--key-file", data.key, data.encrypted)
-    assert r.returncode == 2
-    assert "plain http" in r.stderr and "https://" in r.stderr
+    for flag, secret in (("--key-file", data.key), ("--passphrase-file", data.passphrase)):
+        r = cli("push", "--to", "http://192.0.2.1:8470", flag, secret, data.encrypted)
+        assert r.returncode == 2
+        assert "plain http" in r.stderr and "https://" in r.stderr
 
 
 def test_token_required(data, start_daemon):
