@@ -132,7 +132,8 @@ void add_push_command(CLI::App& app) {
               "{\"ok\":false,\"error\":{\"code\",\"message\",\"api_code\",\"http_status\"}}");
   add_quiet_flag(*c, args->quiet);
   c->add_option("overlay", args->overlay,
-                "Overlay file (sent with Content-Length), or - for standard input (sent chunked)")
+                "Overlay file (sent with Content-Length), or - for standard input (sent chunked, as is a pipe "
+                "such as <(command))")
       ->required();
   c->callback([args] {
     cloudlet::PushRequest rq;

@@ -11,9 +11,21 @@
 // the daemon answers such refusals early and closes the connection, and a
 // client still writing a large body then sees only a reset connection.
 //
+// Refusals the daemon makes once it has the overlay's header (a wrong or
+// missing key, say) come while the client is still sending: the daemon
+// answers and closes, the close resets the connection, and httplib 0.11
+// reports only the failed write. Over http the answer is then read from a
+// duplicate of the socket (Linux keeps bytes that arrived before a reset);
+// over https it cannot be (TLS records need the session), and such a
+// refusal of an overlay larger than the socket buffers is reported as the
+// connection closing (kIo, api_code "connection_closed").
+//
 // https:// always verifies the server's certificate and host name (against
 // --cacert's PEM file, else the system's CAs); http:// and https:// are the
 // only schemes.
+//
+// REQUIRES: SIGPIPE ignored (neither httplib nor OpenSSL sends with
+// MSG_NOSIGNAL; the library leaves process-wide signal state to its caller).
 //
 // Thread safety: push_overlay() may run on any thread; `cancelled` and
 // `progress` are called on the calling thread and one internal thread.
