@@ -461,7 +461,9 @@ json push_overlay(const PushRequest& rq) {
       const std::string why = header.is_object() && header.contains("error") && header["error"].is_object()
                                   ? header["error"].value("message", "bad overlay header")
                                   : "bad overlay header";
-      throw PushError(static_cast<ErrorCode>(rc), "overlay '" + source.name() + "': " + why + "; not sent", 0, code);
+      const ErrorCode ec =
+          rc >= VMSYNTH_E_USAGE && rc <= VMSYNTH_E_CANCELLED ? static_cast<ErrorCode>(rc) : ErrorCode::kIo;
+      throw PushError(ec, "overlay '" + source.name() + "': " + why + "; not sent", 0, code);
     }
     const std::string base_id = header.value("base_id", "");
     if (held.is_array()) {
