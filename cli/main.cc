@@ -90,6 +90,7 @@ int main(int argc, char** argv) {
   vmsynth::cli::add_synthesize_command(app);
   vmsynth::cli::add_vm_commands(app);
   vmsynth::cli::add_cache_commands(app);
+  vmsynth::cli::add_push_command(app);
 
   const bool json = wants_json(argc, argv);
   try {
@@ -97,6 +98,8 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     // --help and --version exit 0; every real usage error exits with kUsage.
     return app.exit(e) == 0 ? 0 : static_cast<int>(vmsynth::ErrorCode::kUsage);
+  } catch (const vmsynth::cli::CommandFailed& f) {
+    return f.status;
   } catch (const vmsynth::Error& e) {
     return report(e, json);
   } catch (const std::bad_alloc&) {

@@ -1,0 +1,202 @@
+// `vmsynth push`: stream an overlay to a cloudlet (vmsynthd), which
+// synthesizes it while it arrives and may launch it. The HTTP side is
+// cloudlet/client.h; this file is flags, the key, progress and printing.
+
+#include <signal.h>
+
+#include <cctype>
+#include <csignal>
+#include <cstddef>
+#include <cstdio>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <span>
+#include <string>
+
+#include "cli/commands.h"
+#include "cli/interrupt.h"
+#include "cli/key_options.h"
+#include "cli/progress.h"
+#include "cloudlet/client.h"
+#include "cloudlet/tokens.h"
+#include "common/error.h"
+
+namespace vmsynth::cli {
+
+namespace {
+
+std::string hex(std::span<const std::byte> bytes) {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  std::string s;
+  for (std::byte b : bytes) {
+    s += kDigits[std::to_integer<unsigned>(b) >> 4];
+    s += kDigits[std::to_integer<unsigned>(b) & 15];
+  }
+  return s;
+}
+
+// Prints a failed push (stderr, and stdout with --json) and returns its
+// exit status.
+int report_push_failure(const cloudlet::PushError& e, bool json) {
+  const int status = static_cast<int>(e.code());
+  if (json) {
+    nlohmann::json j = {
+        {"ok", false},
+        {"error",
+         {{"code", std::string(error_code_name(e.code()))},
+          {"message", e.message()},
+          {"api_code", e.api_code()},
+          {"http_status", e.http_status() != 0 ? nlohmann::json(e.http_status()) : nlohmann::json(nullptr)}}}};
+    std::printf("%s\n", j.dump(2).c_str());
+  }
+  if (e.http_status() != 0) {
+    std::fprintf(stderr, "vmsynth: push: %s (HTTP %d %s)\n", e.message().c_str(), e.http_status(),
+                 e.api_code().c_str());
+  } else if (e.code() == ErrorCode::kInterrupted && interrupting_signal() != 0) {
+    const char* abbrev = sigabbrev_np(interrupting_signal());
+    std::fprintf(stderr, "vmsynth: push: interrupted by SIG%s: %s\n", abbrev ? abbrev : "NAL", e.message().c_str());
+  } else {
+    std::fprintf(stderr, "vmsynth: push: %s\n", e.message().c_str());
+  }
+  return status;
+}
+
+void print_push_result(const nlohmann::json& doc, const std::string& url, bool json) {
+  if (doc.contains("launch_error") && doc["launch_error"].is_object()) {
+    std::fprintf(stderr, "vmsynth: notice: %s synthesized VM %s but did not launch it: %s (%s)\n", url.c_str(),
+                 doc.value("id", "").c_str(), doc["launch_error"].value("message", "").c_str(),
+                 doc["launch_error"].value("code", "").c_str());
+  }
+  if (json) {
+    // "ok" first and "url" last, the cloudlet's fields between them.
+    nlohmann::ordered_json j = {{"ok", true}};
+    const nlohmann::ordered_json fields = nlohmann::ordered_json::parse(doc.dump());
+    for (const auto& [k, v] : fields.items()) j[k] = v;
+    j["url"] = url;
+    std::printf("%s\n", j.dump(2).c_str());
+    return;
+  }
+  const nlohmann::json t = doc.value("timings", nlohmann::json::object());
+  const std::string id = doc.value("id", ""), dir = doc.value("dir", "");
+  if (doc.value("state", "") == "running" && t.contains("first_byte_to_running_s")) {
+    std::printf("running VM %s on %s %.3f s after the first byte (synthesized in %.3f s; %s)\n", id.c_str(),
+                url.c_str(), t.value("first_byte_to_running_s", 0.0), t.value("first_byte_to_synthesized_s", 0.0),
+                dir.c_str());
+  } else {
+    std::printf("synthesized VM %s on %s in %.3f s (%s)\n", id.c_str(), url.c_str(),
+                t.value("first_byte_to_synthesized_s", 0.0), dir.c_str());
+  }
+}
+
+}  // namespace
+
+void add_push_command(CLI::App& app) {
+  struct Args {
+    std::string url, token_file, cacert, disk_format = "raw", overlay;
+    bool launch = false, json = false, quiet = false;
+    KeyOptions key;
+  };
+  auto args = std::make_shared<Args>();
+  CLI::App* c = app.add_subcommand(
+      "push",
+      "Stream an overlay to a cloudlet (vmsynthd), which synthesizes the launch VM while the overlay arrives "
+      "and, with --launch, runs it. Before sending, asks the cloudlet for its base VMs: a refused token, an "
+      "unreachable or unverifiable cloudlet, or an overlay for a base it does not hold fail without an upload. "
+      "Exit status: 0 done; 2 usage, bad URL, token missing or refused (HTTP 401/403), overlay too large "
+      "(413) or other 4xx; 3 corrupt overlay; 4 wrong base; 5 wrong or missing key; 6 cannot connect, TLS "
+      "verification failed, cloudlet out of space (507), busy or failing (5xx); 7 unsupported; 9 interrupted "
+      "(Ctrl-C stops the upload) or cancelled by the cloudlet.");
+  c->add_option("--to", args->url,
+                "The cloudlet: http://HOST:PORT or https://HOST:PORT (vmsynthd's --listen, e.g. "
+                "http://127.0.0.1:8470); other schemes are refused")
+      ->required();
+  c->add_option("--token-file", args->token_file,
+                "Bearer token file (vmsynthd's format: NAME TOKEN lines); the first token is sent as "
+                "'Authorization: Bearer TOKEN'")
+      ->check(CLI::ExistingFile);
+  c->add_option("--cacert", args->cacert,
+                "PEM file of the CA certificate(s) that signed the cloudlet's certificate (https only; default: "
+                "the system's CAs). The certificate and host name are always verified")
+      ->check(CLI::ExistingFile);
+  c->add_flag("--launch", args->launch,
+              "Ask the cloudlet to run the VM once synthesized; the time from its first byte to a running "
+              "guest is printed. A VM it cannot launch stays synthesized (a notice says why; exit 0)");
+  c->add_option("--disk-format", args->disk_format,
+                "Launch disk on the cloudlet: raw (default) or qcow2 (backed by its base disk)")
+      ->check(CLI::IsMember({"raw", "qcow2"}));
+  args->key.add_to(*c,
+                   "of an encrypted overlay, sent to the cloudlet in a request header (so refused over plain "
+                   "http except to a loopback host)");
+  c->add_flag("--json", args->json,
+              "Print the result as JSON: {\"ok\":true, the cloudlet's fields, \"url\"}, or "
+              "{\"ok\":false,\"error\":{\"code\",\"message\",\"api_code\",\"http_status\"}}");
+  add_quiet_flag(*c, args->quiet);
+  c->add_option("overlay", args->overlay,
+                "Overlay file (sent with Content-Length), or - for standard input (sent chunked, as is a pipe "
+                "such as <(command))")
+      ->required();
+  c->callback([args] {
+    cloudlet::PushRequest rq;
+    rq.url = args->url;
+    rq.overlay = args->overlay;
+    rq.ca_cert_file = args->cacert;
+    rq.launch = args->launch;
+    rq.disk_format = args->disk_format;
+    int status = 0;
+    try {
+      if (!args->token_file.empty()) {
+        try {
+          rq.token = cloudlet::read_client_token(args->token_file);
+        } catch (const Error& e) {
+          throw cloudlet::PushError(e.code(), e.message(), 0, "usage");
+        }
+      }
+      if (args->key.given()) {
+        codec::KeySpec k;
+        try {
+          k = args->key.load();
+        } catch (const Error& e) {
+          throw cloudlet::PushError(e.code(), e.message(), 0, "usage");
+        }
+        if (k.kind == codec::KeySpec::Kind::kRawKey) {
+          rq.key_hex = hex(k.secret.bytes());
+        } else {
+          for (std::byte b : k.secret.bytes()) {
+            const auto ch = std::to_integer<unsigned char>(b);
+            if (ch < 0x20 || ch == 0x7f) {
+              throw cloudlet::PushError(ErrorCode::kUsage,
+                                        k.origin +
+                                            " holds a line break or another control character, which an "
+                                            "HTTP header cannot carry",
+                                        0, "usage");
+            }
+            rq.passphrase += static_cast<char>(ch);
+          }
+        }
+      }
+      // A reset connection must be an error from write(), not the end of
+      // the process (neither httplib nor OpenSSL sends with MSG_NOSIGNAL).
+      std::signal(SIGPIPE, SIG_IGN);
+      install_interrupt_handlers();
+      rq.cancelled = [] { return interrupting_signal() != 0; };
+      TerminalProgress progress("pushing", args->quiet);
+      if (ProgressFn fn = progress.callback()) {
+        rq.progress = [fn](uint64_t sent, uint64_t total, bool waiting) {
+          fn(Progress{waiting ? "waiting for the cloudlet" : "sending", sent, waiting ? 0 : total});
+        };
+      }
+      const nlohmann::json doc = cloudlet::push_overlay(rq);
+      progress.finish();
+      print_push_result(doc, cloudlet::parse_cloudlet_url(args->url).text, args->json);
+      return;
+    } catch (const cloudlet::PushError& e) {
+      status = report_push_failure(e, args->json);
+    } catch (const Error& e) {
+      status = report_push_failure(
+          cloudlet::PushError(e.code(), e.message(), 0, std::string(error_code_name(e.code()))), args->json);
+    }
+    throw CommandFailed{status};
+  });
+}
+
+}  // namespace vmsynth::cli
