@@ -22,6 +22,7 @@
 #include <thread>
 
 #include "cloudlet/bases.h"
+#include "cloudlet/client.h"
 #include "cloudlet/metrics.h"
 #include "cloudlet/tokens.h"
 #include "cloudlet/vm_registry.h"
@@ -37,12 +38,6 @@ namespace fs = std::filesystem;
 using json = nlohmann::json;
 using Clock = std::chrono::steady_clock;
 
-bool is_loopback_host(const std::string& host) {
-  if (host == "localhost" || host == "::1" || host == "[::1]") return true;
-  in_addr a4{};
-  if (inet_pton(AF_INET, host.c_str(), &a4) == 1) return (ntohl(a4.s_addr) >> 24) == 127;
-  return false;
-}
 
 namespace {
 
@@ -764,7 +759,7 @@ Daemon::Daemon(DaemonConfig cfg, Log log) : impl_(std::make_unique<Impl>(std::mo
   if (d.cfg.bases_dir.empty()) throw Error(ErrorCode::kUsage, "--bases DIR is required");
   if (d.cfg.max_sessions == 0) throw Error(ErrorCode::kUsage, "--max-sessions must be at least 1");
   if (!d.cfg.token_file.empty()) d.tokens = TokenStore::load(d.cfg.token_file);
-  if (!d.tokens.enabled() && !is_loopback_host(d.cfg.listen_host)) {
+  if (!d.tokens.enabled() && !is_loopback(d.cfg.listen_host)) {
     throw Error(ErrorCode::kUsage, "refusing to listen on " + d.cfg.listen_host +
                                        " without --token-file: anyone who reaches it could make this host "
                                        "synthesize and run VMs (bind 127.0.0.1, or give tokens)");
@@ -816,7 +811,7 @@ Daemon::Daemon(DaemonConfig cfg, Log log) : impl_(std::make_unique<Impl>(std::mo
   d.server->set_keep_alive_timeout(5);
   d.server->set_payload_max_length(d.cfg.max_overlay_bytes);
   d.server->set_tcp_nodelay(true);
-  if (!d.tls && !is_loopback_host(d.cfg.listen_host)) {
+  if (!d.tls && !is_loopback(d.cfg.listen_host)) {
     d.log("notice: serving " + d.cfg.listen_host +
           " without TLS: tokens, keys and unencrypted overlays cross the network in the clear (--tls-cert/--tls-key)");
   }

@@ -38,9 +38,6 @@ struct DaemonConfig {
   std::chrono::seconds drain_timeout{20};  // SIGTERM: sessions' time to finish
 };
 
-// Whether `host` names only this machine (127.0.0.0/8, ::1, localhost).
-bool is_loopback_host(const std::string& host);
-
 class Daemon {
  public:
   using Log = std::function<void(const std::string&)>;
