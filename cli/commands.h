@@ -15,5 +15,6 @@ void add_overlay_commands(CLI::App& app);
 void add_synthesize_command(CLI::App& app);
 void add_vm_commands(CLI::App& app);
 void add_cache_commands(CLI::App& app);
+void add_discover_command(CLI::App& app);
 
 }  // namespace vmsynth::cli
