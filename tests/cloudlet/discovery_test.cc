@@ -2,8 +2,6 @@
 // (mdns_sandbox.h), Publishers in this process, and the `vmsynth discover`
 // binary (VMSYNTH_BIN) as a client; avahi-browse cross-checks the raw TXT.
 // Plus the pure pieces: TXT entries, the digest, URLs, pick_cloudlet.
-#include "cloudlet/discovery.h"
-
 #include <gtest/gtest.h>
 #include <httplib.h>
 
@@ -22,6 +20,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "cloudlet/discovery.h"
 #include "cloudlet/mdns_sandbox.h"
 #include "common/error.h"
 #include "testutil/run_command.h"
