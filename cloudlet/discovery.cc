@@ -133,9 +133,9 @@ std::string cloudlet_url(const std::string& address, std::uint16_t port, bool tl
 // Publisher
 // ---------------------------------------------------------------------------
 
-// Everything below the mutex is touched only on the poll thread, or with the
-// poll lock held (avahi_threaded_poll_lock), or before the thread starts /
-// after it stopped. The mutex guards what other threads read.
+// The members above the mutex are touched only on the poll thread, with the
+// poll lock held (avahi_threaded_poll_lock), or before the thread starts and
+// after it stopped. The mutex guards the members below it, which any thread reads.
 struct Publisher::Impl {
   AvahiThreadedPoll* poll = nullptr;
   AvahiClient* client = nullptr;
