@@ -2,6 +2,8 @@
 // (mdns_sandbox.h), Publishers in this process, and the `vmsynth discover`
 // binary (VMSYNTH_BIN) as a client; avahi-browse cross-checks the raw TXT.
 // Plus the pure pieces: TXT entries, the digest, URLs, pick_cloudlet.
+#include "cloudlet/discovery.h"
+
 #include <gtest/gtest.h>
 #include <httplib.h>
 
@@ -20,7 +22,6 @@
 
 #include <nlohmann/json.hpp>
 
-#include "cloudlet/discovery.h"
 #include "cloudlet/mdns_sandbox.h"
 #include "common/error.h"
 #include "testutil/run_command.h"
@@ -176,6 +177,35 @@ TEST_F(DiscoveryTest, SameNameGetsAnAlternativeAndBothAreBrowsed) {
   const nlohmann::json doc = discover_json();
   EXPECT_NE(find_named(doc, first.name()), nullptr) << doc.dump(2);
   EXPECT_NE(find_named(doc, second.name()), nullptr) << doc.dump(2);
+}
+
+// Two avahi-daemons on one link: the second host's Publisher loses the probe
+// for the name (AVAHI_ENTRY_GROUP_COLLISION) and takes the alternative.
+TEST(DiscoveryLinkTest, NameTakenOnTheNetworkGetsAnAlternativeAndBothAreBrowsed) {
+  if (!MdnsSandbox::can_run()) GTEST_SKIP() << "needs root for the network and mount namespaces of avahi-daemon";
+  testutil::MdnsLink link;
+  ASSERT_TRUE(link.start()) << link.why();
+  Notices notices;
+  Publisher a(options("rack-net", 8090, ids(1, 'a'), &notices));
+  ASSERT_TRUE(a.wait_established(milliseconds(10000))) << notices.all() << link.logs();
+
+  testutil::Daemon b({"env", "DBUS_SYSTEM_BUS_ADDRESS=" + link.bus_b_address(), PUBLISH_HELPER, "rack-net", "8091",
+                      ids(2, 'b')[0], ids(2, 'b')[1]},
+                     link.dir().sub("helper.log"));
+  ASSERT_TRUE(b.wait_for_log("established ", milliseconds(20000))) << b.log() << link.logs();
+  EXPECT_NE(b.log().find("established rack-net #2"), std::string::npos) << b.log();
+  EXPECT_NE(b.log().find("is taken on the network"), std::string::npos) << b.log();
+  EXPECT_EQ(a.name(), "rack-net");
+
+  const nlohmann::json doc = discover_json();
+  const nlohmann::json* first = find_named(doc, "rack-net");
+  const nlohmann::json* second = find_named(doc, "rack-net #2");
+  ASSERT_NE(first, nullptr) << doc.dump(2);
+  ASSERT_NE(second, nullptr) << doc.dump(2);
+  EXPECT_EQ((*first)["url"], "http://10.77.0.1:8090");
+  EXPECT_EQ((*second)["url"], "http://10.77.0.2:8091");
+  EXPECT_EQ((*second)["host"], "vmsynth-b.local");
+  EXPECT_EQ((*second)["base_ids"].get<std::vector<std::string>>(), ids(2, 'b'));
 }
 
 TEST_F(DiscoveryTest, ManyBasesPublishADigestAndDiscoverReadsV1Bases) {

@@ -11,6 +11,9 @@
 // only (IPv6 multicast on a lone lo does not loop back), no wide-area, host
 // name "vmsynth-test".
 //
+// MdnsLink is the two-host variant: two buses and two avahi-daemons in two
+// namespaces joined by a veth pair, for collisions on the network.
+//
 // libdbus reads $DBUS_SYSTEM_BUS_ADDRESS once per process, so the bus socket
 // has one path for the whole test process (process_bus_dir()); each sandbox's
 // dbus-daemon listens there in turn.
@@ -61,6 +64,7 @@ class Daemon {
     }
   }
   ~Daemon() { stop(); }
+  pid_t pid() const { return pid_; }
   Daemon(const Daemon&) = delete;
   Daemon& operator=(const Daemon&) = delete;
 
@@ -115,18 +119,14 @@ inline const TempDir& process_bus_dir() {
   return dir;
 }
 
-class MdnsSandbox {
- public:
-  MdnsSandbox() : dir_("vmsynth-mdns") {
-    bus_socket_ = process_bus_dir().sub("bus");
-    bus_address_ = "unix:path=" + bus_socket_;
-    std::ofstream(dir_.sub("bus.conf"))
-        << R"(<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+// A dbus-daemon configuration listening on `address` that lets avahi own its name.
+inline void write_bus_conf(const std::string& path, const std::string& address) {
+  std::ofstream(path) << R"(<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
 <busconfig>
   <type>system</type>
-  <listen>)"
-        << bus_address_ << R"(</listen>
+  <listen>)" << address
+                      << R"(</listen>
   <auth>EXTERNAL</auth>
   <policy context="default">
     <allow user="*"/>
@@ -136,21 +136,56 @@ class MdnsSandbox {
   </policy>
 </busconfig>
 )";
-    std::ofstream(dir_.sub("avahi-daemon.conf")) << R"([server]
-host-name=vmsynth-test
-domain-name=local
-use-ipv4=yes
-use-ipv6=no
-allow-interfaces=lo
-enable-dbus=yes
-ratelimit-interval-usec=1000000
-ratelimit-burst=1000
-[wide-area]
-enable-wide-area=no
-[publish]
-publish-hinfo=no
-publish-workstation=no
-)";
+}
+
+inline void write_avahi_conf(const std::string& path, const std::string& host_name, const std::string& interface) {
+  std::ofstream(path) << "[server]\nhost-name=" << host_name << "\ndomain-name=local\nuse-ipv4=yes\nuse-ipv6=no\n"
+                      << "allow-interfaces=" << interface << "\nenable-dbus=yes\n"
+                      << "ratelimit-interval-usec=1000000\nratelimit-burst=1000\n"
+                      << "[wide-area]\nenable-wide-area=no\n[publish]\npublish-hinfo=no\npublish-workstation=no\n";
+}
+
+// Starts dbus-daemon listening on unix socket `socket`; nullptr (and `why`) if not up within 10 s.
+inline std::unique_ptr<Daemon> start_bus(const TempDir& dir, const std::string& tag, const std::string& socket,
+                                         std::string& why) {
+  std::filesystem::remove(socket);
+  write_bus_conf(dir.sub(tag + ".conf"), "unix:path=" + socket);
+  auto bus = std::make_unique<Daemon>(
+      std::vector<std::string>{"dbus-daemon", "--config-file=" + dir.sub(tag + ".conf"), "--nofork", "--nopidfile"},
+      dir.sub(tag + ".log"));
+  const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (std::chrono::steady_clock::now() < end && bus->running()) {
+    if (std::filesystem::exists(socket)) return bus;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  why = "dbus-daemon did not start: " + bus->log();
+  return nullptr;
+}
+
+// Forks avahi-daemon (config `conf`, bus `bus_address`) inside a new network
+// and mount namespace, after `setup` (shell commands run there first, as root
+// of that namespace). Does not wait for it.
+inline std::unique_ptr<Daemon> spawn_avahi(const std::string& conf, const std::string& bus_address,
+                                           const std::string& setup, const std::string& log) {
+  const std::string script =
+      "set -e; mount -t tmpfs -o mode=0755 vmsynth-test-run /run; mkdir /run/avahi-daemon; "
+      "ip link set lo up; ip link set lo multicast on; " +
+      setup + "exec avahi-daemon --no-drop-root --no-chroot --no-rlimits -f '" + conf + "'";
+  return std::make_unique<Daemon>(
+      std::vector<std::string>{"env", "DBUS_SYSTEM_BUS_ADDRESS=" + bus_address, "unshare", "--net", "--mount",
+                               "--propagation", "private", "sh", "-c", script},
+      log);
+}
+
+constexpr std::chrono::seconds kAvahiStartTimeout{15};
+
+// One avahi-daemon on lo, on the process's bus.
+class MdnsSandbox {
+ public:
+  MdnsSandbox() : dir_("vmsynth-mdns") {
+    bus_socket_ = process_bus_dir().sub("bus");
+    bus_address_ = "unix:path=" + bus_socket_;
+    write_avahi_conf(dir_.sub("avahi-daemon.conf"), "vmsynth-test", "lo");
     ::setenv("DBUS_SYSTEM_BUS_ADDRESS", bus_address_.c_str(), 1);
   }
 
@@ -159,30 +194,14 @@ publish-workstation=no
 
   // Starts the private bus; false (with the log in why()) if it is not up within 10 s.
   bool start_bus() {
-    std::filesystem::remove(bus_socket_);
-    bus_ = std::make_unique<Daemon>(
-        std::vector<std::string>{"dbus-daemon", "--config-file=" + dir_.sub("bus.conf"), "--nofork", "--nopidfile"},
-        dir_.sub("dbus.log"));
-    const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-    while (std::chrono::steady_clock::now() < end && bus_->running()) {
-      if (std::filesystem::exists(bus_socket_)) return true;
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-    why_ = "dbus-daemon did not start: " + bus_->log();
-    return false;
+    bus_ = testutil::start_bus(dir_, "dbus", bus_socket_, why_);
+    return bus_ != nullptr;
   }
 
   // Starts avahi-daemon in its namespaces; true once it has announced itself (within 15 s).
   bool start_avahi() {
-    const std::string setup =
-        "set -e; mount -t tmpfs -o mode=0755 vmsynth-test-run /run; mkdir /run/avahi-daemon; "
-        "ip link set lo up; ip link set lo multicast on; "
-        "exec avahi-daemon --no-drop-root --no-chroot --no-rlimits -f '" +
-        dir_.sub("avahi-daemon.conf") + "'";
-    avahi_ = std::make_unique<Daemon>(
-        std::vector<std::string>{"unshare", "--net", "--mount", "--propagation", "private", "sh", "-c", setup},
-        dir_.sub("avahi.log"));
-    if (avahi_->wait_for_log("Server startup complete", std::chrono::seconds(15))) return true;
+    avahi_ = spawn_avahi(dir_.sub("avahi-daemon.conf"), bus_address_, "", dir_.sub("avahi.log"));
+    if (avahi_->wait_for_log("Server startup complete", kAvahiStartTimeout)) return true;
     why_ = "avahi-daemon did not start: " + avahi_->log();
     return false;
   }
@@ -211,6 +230,91 @@ publish-workstation=no
   std::string bus_address_;
   std::unique_ptr<Daemon> bus_;
   std::unique_ptr<Daemon> avahi_;
+  std::string why_;
+};
+
+// Two hosts on one link: avahi-daemon "vmsynth-a" (10.77.0.1, interface va,
+// on the process's bus) and "vmsynth-b" (10.77.0.2, interface vb, on a bus of
+// its own, bus_b_address()), each in its own network namespace, joined by a
+// veth pair created straight into those namespaces (never in this one).
+class MdnsLink {
+ public:
+  MdnsLink() : dir_("vmsynth-mdns-link") {
+    bus_a_socket_ = process_bus_dir().sub("bus");
+    ::setenv("DBUS_SYSTEM_BUS_ADDRESS", ("unix:path=" + bus_a_socket_).c_str(), 1);
+  }
+
+  bool start() {
+    bus_a_ = start_bus(dir_, "dbus-a", bus_a_socket_, why_);
+    if (!bus_a_) return false;
+    bus_b_ = start_bus(dir_, "dbus-b", dir_.sub("bus-b"), why_);
+    if (!bus_b_) return false;
+    // Each side waits (up to 10 s) for its end of the link, gives it its address, then runs avahi.
+    auto side = [&](const std::string& tag, const std::string& iface, const std::string& addr, const std::string& bus) {
+      write_avahi_conf(dir_.sub(tag + ".conf"), "vmsynth-" + tag, iface);
+      const std::string setup = "i=0; until ip link show " + iface +
+                                " >/dev/null 2>&1; do i=$((i+1)); [ $i -lt 200 ]; sleep 0.05; done; "
+                                "ip addr add " +
+                                addr + "/24 dev " + iface + "; ip link set " + iface + " up; ";
+      return spawn_avahi(dir_.sub(tag + ".conf"), bus, setup, dir_.sub("avahi-" + tag + ".log"));
+    };
+    avahi_a_ = side("a", "va", "10.77.0.1", "unix:path=" + bus_a_socket_);
+    avahi_b_ = side("b", "vb", "10.77.0.2", bus_b_address());
+    const pid_t a = avahi_a_->pid(), b = avahi_b_->pid();
+    if (!in_own_netns(a) || !in_own_netns(b)) {
+      why_ = "avahi's network namespaces did not appear: " + avahi_a_->log() + avahi_b_->log();
+      return false;
+    }
+    const std::string link =
+        "ip link add va netns " + std::to_string(a) + " type veth peer name vb netns " + std::to_string(b) + " 2>&1";
+    if (std::system(link.c_str()) != 0) {
+      why_ = "cannot create the veth pair: " + link;
+      return false;
+    }
+    for (auto* d : {avahi_a_.get(), avahi_b_.get()}) {
+      if (!d->wait_for_log("Server startup complete", kAvahiStartTimeout)) {
+        why_ = "avahi-daemon did not start: " + d->log();
+        return false;
+      }
+    }
+    return true;
+  }
+
+  std::string bus_b_address() const { return "unix:path=" + dir_.sub("bus-b"); }
+  const std::string& why() const { return why_; }
+  const TempDir& dir() const { return dir_; }
+  std::string logs() const { return (avahi_a_ ? avahi_a_->log() : "") + "----\n" + (avahi_b_ ? avahi_b_->log() : ""); }
+
+  ~MdnsLink() {
+    avahi_a_.reset();
+    avahi_b_.reset();
+    bus_a_.reset();
+    bus_b_.reset();
+    std::error_code ec;
+    std::filesystem::remove(bus_a_socket_, ec);
+  }
+
+ private:
+  // Waits (up to 10 s) until `pid` is in a network namespace other than ours,
+  // so that a link created "netns pid" can never land in this one.
+  static bool in_own_netns(pid_t pid) {
+    const auto ns = [](const std::string& p) {
+      std::error_code ec;
+      return std::filesystem::read_symlink(p, ec).string();
+    };
+    const std::string mine = ns("/proc/self/ns/net");
+    const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (std::chrono::steady_clock::now() < end) {
+      const std::string theirs = ns("/proc/" + std::to_string(pid) + "/ns/net");
+      if (!theirs.empty() && theirs != mine) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return false;
+  }
+
+  TempDir dir_;
+  std::string bus_a_socket_;
+  std::unique_ptr<Daemon> bus_a_, bus_b_, avahi_a_, avahi_b_;
   std::string why_;
 };
 
