@@ -64,7 +64,10 @@ std::string fetch_base_ids(cloudlet::Cloudlet& c, const FetchOptions& opt) {
   if (!opt.token.empty()) http->set_bearer_token_auth(opt.token);
   const std::string what = "GET " + c.url + "/v1/bases: ";
   httplib::Result r = http->Get("/v1/bases");
-  if (!r) return what + httplib::to_string(r.error());
+  if (!r) {
+    return what + (r.error() == httplib::Error::Connection ? std::string("cannot connect")
+                                                           : "failed (" + httplib::to_string(r.error()) + ")");
+  }
   if (r->status != 200) return what + "HTTP " + std::to_string(r->status);
   std::vector<std::string> ids;
   try {

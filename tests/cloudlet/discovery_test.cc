@@ -283,6 +283,20 @@ TEST_F(DiscoveryTest, UpdateBasesRepublishesTheTxt) {
   EXPECT_EQ(seen_ids, ids(3, 'd'));
 }
 
+TEST_F(DiscoveryTest, DestroyingThePublisherWithdrawsTheService) {
+  {
+    Publisher p(options("rack-bye", 8087, ids(1)));
+    ASSERT_TRUE(p.wait_established(milliseconds(10000)));
+  }
+  // Browsers drop it once the goodbye is through (mDNS caches hold it a moment).
+  bool gone = false;
+  for (int attempt = 0; attempt < 5 && !gone; ++attempt) {
+    const auto seen = browse(milliseconds(1000));
+    gone = std::none_of(seen.begin(), seen.end(), [](const Cloudlet& c) { return c.name == "rack-bye"; });
+  }
+  EXPECT_TRUE(gone);
+}
+
 TEST_F(DiscoveryTest, PublisherComesBackAfterAvahiDaemonRestarts) {
   Notices notices;
   Publisher p(options("rack-restart", 8084, ids(1), &notices));
