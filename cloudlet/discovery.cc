@@ -351,6 +351,7 @@ Publisher::Publisher(Options options) : impl_(std::make_unique<Impl>()) {
   impl_->connect();
   if (avahi_threaded_poll_start(impl_->poll) < 0) {
     if (impl_->client) avahi_client_free(impl_->client);
+    if (impl_->retry) avahi_threaded_poll_get(impl_->poll)->timeout_free(impl_->retry);
     avahi_threaded_poll_free(impl_->poll);
     throw Error(ErrorCode::kIo, "cannot start the avahi poll thread");
   }
