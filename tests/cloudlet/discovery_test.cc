@@ -270,6 +270,51 @@ TEST_F(DiscoveryTest, ManyBasesPublishADigestAndDiscoverReadsV1Bases) {
   EXPECT_NE((*gone)["bases_error"].get<std::string>().find("/v1/bases"), std::string::npos) << doc.dump(2);
 }
 
+TEST_F(DiscoveryTest, TlsCloudletIsReadOverHttpsWithTheGivenCa) {
+  const std::string cert = sandbox_.dir().sub("cert.pem"), key = sandbox_.dir().sub("key.pem");
+  auto made = run_command(
+      "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 "
+      "-subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 -keyout '" +
+      key + "' -out '" + cert + "'");
+  ASSERT_EQ(made.exit_code, 0) << made.output;
+  const auto bases = ids(9);
+  httplib::SSLServer api(cert.c_str(), key.c_str());
+  ASSERT_TRUE(api.is_valid());
+  api.Get("/v1/bases", [&](const httplib::Request&, httplib::Response& res) {
+    nlohmann::json list = nlohmann::json::array();
+    for (const auto& id : bases) list.push_back({{"id", id}, {"name", "b"}, {"memory_bytes", 1}, {"disk_bytes", 2}});
+    res.set_content(list.dump(), "application/json");
+  });
+  const int port = api.bind_to_any_port("127.0.0.1");
+  ASSERT_GT(port, 0);
+  struct Serving {
+    httplib::Server& api;
+    std::thread thread;
+    ~Serving() {
+      api.stop();
+      thread.join();
+    }
+  } serving{api, std::thread([&] { api.listen_after_bind(); })};
+
+  Publisher::Options o = options("rack-tls", static_cast<std::uint16_t>(port), bases);
+  o.tls = true;
+  Publisher p(std::move(o));
+  ASSERT_TRUE(p.wait_established(milliseconds(10000)));
+
+  const nlohmann::json doc = discover_json("--timeout 3 --cacert '" + cert + "'");
+  const nlohmann::json* c = find_named(doc, "rack-tls");
+  ASSERT_NE(c, nullptr) << doc.dump(2);
+  EXPECT_EQ((*c)["tls"], true);
+  EXPECT_EQ((*c)["url"], "https://127.0.0.1:" + std::to_string(port));
+  EXPECT_EQ((*c)["base_ids"].get<std::vector<std::string>>(), bases) << doc.dump(2);
+  // Without the CA the certificate is not trusted: listed, with the reason.
+  const nlohmann::json untrusted = discover_json("--timeout 2");
+  c = find_named(untrusted, "rack-tls");
+  ASSERT_NE(c, nullptr) << untrusted.dump(2);
+  EXPECT_TRUE((*c)["base_ids"].empty()) << untrusted.dump(2);
+  EXPECT_TRUE(c->contains("bases_error")) << untrusted.dump(2);
+}
+
 TEST_F(DiscoveryTest, UpdateBasesRepublishesTheTxt) {
   Publisher p(options("rack-upd", 8083, ids(2)));
   ASSERT_TRUE(p.wait_established(milliseconds(10000)));
