@@ -15,6 +15,7 @@ void add_overlay_commands(CLI::App& app);
 void add_synthesize_command(CLI::App& app);
 void add_vm_commands(CLI::App& app);
 void add_cache_commands(CLI::App& app);
+void add_discover_command(CLI::App& app);
 void add_push_command(CLI::App& app);
 
 // Thrown by a command that has printed its failure in its own words (push:

@@ -90,6 +90,7 @@ int main(int argc, char** argv) {
   vmsynth::cli::add_synthesize_command(app);
   vmsynth::cli::add_vm_commands(app);
   vmsynth::cli::add_cache_commands(app);
+  vmsynth::cli::add_discover_command(app);
   vmsynth::cli::add_push_command(app);
 
   const bool json = wants_json(argc, argv);
