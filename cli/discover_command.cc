@@ -3,84 +3,21 @@
 // each holds. A cloudlet whose TXT record carries only a digest of its base
 // ids is asked for them (GET <url>/v1/bases); when that fails the output says
 // so for that cloudlet and the command still succeeds.
-#include <httplib.h>
-
 #include <algorithm>
-#include <cerrno>
 #include <chrono>
 #include <cstdio>
-#include <fstream>
 #include <memory>
-#include <sstream>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
-#include <nlohmann/json.hpp>
-
+#include "cli/cloudlet_lookup.h"
 #include "cli/commands.h"
 #include "cloudlet/discovery.h"
+#include "cloudlet/tokens.h"
 #include "common/error.h"
 
 namespace vmsynth::cli {
-
-namespace {
-
-// How long one GET /v1/bases may take to connect, and then to answer, in seconds.
-constexpr time_t kFetchConnectTimeoutS = 3;
-constexpr time_t kFetchReadTimeoutS = 5;
-
-struct FetchOptions {
-  std::string token;   // sent as "Authorization: Bearer <token>"; empty: none
-  std::string cacert;  // PEM file of CAs that sign the cloudlets' certificates; empty: the system's
-};
-
-// The token of the first "NAME TOKEN" line (blank lines and '#' comments skipped).
-std::string read_token(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) throw io_error("cannot read the token file", path, errno);
-  std::string line;
-  while (std::getline(in, line)) {
-    std::istringstream fields(line);
-    std::string name, token;
-    if (!(fields >> name) || name[0] == '#') continue;
-    if (fields >> token) return token;
-    throw Error(ErrorCode::kUsage, "token file '" + path + "': line '" + name + "' has no token (want NAME TOKEN)");
-  }
-  throw Error(ErrorCode::kUsage, "token file '" + path + "' holds no NAME TOKEN line");
-}
-
-// Fills c.base_ids from GET <c.url>/v1/bases. Returns an empty string, or why not.
-std::string fetch_base_ids(cloudlet::Cloudlet& c, const FetchOptions& opt) {
-  std::unique_ptr<httplib::ClientImpl> http;
-  if (c.tls) {
-    auto ssl = std::make_unique<httplib::SSLClient>(c.address, c.port);
-    if (!opt.cacert.empty()) ssl->set_ca_cert_path(opt.cacert);
-    http = std::move(ssl);
-  } else {
-    http = std::make_unique<httplib::ClientImpl>(c.address, c.port);
-  }
-  http->set_connection_timeout(kFetchConnectTimeoutS);
-  http->set_read_timeout(kFetchReadTimeoutS);
-  if (!opt.token.empty()) http->set_bearer_token_auth(opt.token);
-  const std::string what = "GET " + c.url + "/v1/bases: ";
-  httplib::Result r = http->Get("/v1/bases");
-  if (!r) {
-    return what + (r.error() == httplib::Error::Connection ? std::string("cannot connect")
-                                                           : "failed (" + httplib::to_string(r.error()) + ")");
-  }
-  if (r->status != 200) return what + "HTTP " + std::to_string(r->status);
-  std::vector<std::string> ids;
-  try {
-    // The list may differ from the TXT's digest: the bases changed since; the answer is newer.
-    for (const auto& base : nlohmann::json::parse(r->body)) ids.push_back(base.at("id").get<std::string>());
-  } catch (const std::exception& e) {
-    return what + "not a list of bases with ids (" + e.what() + ")";
-  }
-  c.base_ids = std::move(ids);
-  return "";
-}
-
-}  // namespace
 
 void add_discover_command(CLI::App& app) {
   struct Args {
@@ -104,15 +41,10 @@ void add_discover_command(CLI::App& app) {
       ->check(CLI::ExistingFile);
   c->footer("Needs avahi-daemon (Debian: avahi-daemon). Exit status 7 when it cannot be reached.");
   c->callback([args] {
-    FetchOptions fetch;
-    fetch.cacert = args->cacert;
-    if (!args->token_file.empty()) fetch.token = read_token(args->token_file);
+    const std::string token = args->token_file.empty() ? "" : cloudlet::read_client_token(args->token_file);
     std::vector<cloudlet::Cloudlet> cloudlets =
         cloudlet::browse(std::chrono::milliseconds(static_cast<long long>(args->timeout_s * 1000)));
-    std::vector<std::string> fetch_errors(cloudlets.size());
-    for (std::size_t i = 0; i < cloudlets.size(); ++i) {
-      if (!cloudlets[i].bases_digest.empty()) fetch_errors[i] = fetch_base_ids(cloudlets[i], fetch);
-    }
+    const std::vector<std::string> fetch_errors = complete_base_ids(cloudlets, token, args->cacert);
 
     if (args->json) {
       nlohmann::json list = nlohmann::json::array();

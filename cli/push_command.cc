@@ -5,6 +5,7 @@
 #include <signal.h>
 
 #include <cctype>
+#include <chrono>
 #include <csignal>
 #include <cstddef>
 #include <cstdio>
@@ -12,14 +13,18 @@
 #include <nlohmann/json.hpp>
 #include <span>
 #include <string>
+#include <vector>
 
+#include "cli/cloudlet_lookup.h"
 #include "cli/commands.h"
 #include "cli/interrupt.h"
 #include "cli/key_options.h"
 #include "cli/progress.h"
 #include "cloudlet/client.h"
+#include "cloudlet/discovery.h"
 #include "cloudlet/tokens.h"
 #include "common/error.h"
+#include "vmsynth/vmsynth.h"
 
 namespace vmsynth::cli {
 
@@ -88,12 +93,54 @@ void print_push_result(const nlohmann::json& doc, const std::string& url, bool j
   }
 }
 
+// The base id of an overlay file, from its header.
+std::string overlay_base_id(const std::string& path) {
+  if (path == "-") {
+    throw cloudlet::PushError(ErrorCode::kUsage, "--discover with an overlay on standard input needs --base-id", 0,
+                              "usage");
+  }
+  char head[VMSYNTH_OVERLAY_HEADER_BYTES] = {};
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  if (f == nullptr) throw cloudlet::PushError(ErrorCode::kUsage, "cannot open the overlay '" + path + "'", 0, "usage");
+  const size_t n = std::fread(head, 1, sizeof head, f);
+  std::fclose(f);
+  char* out = nullptr;
+  const int rc = vmsynth_overlay_header(head, n, &out);
+  const nlohmann::json j = nlohmann::json::parse(out != nullptr ? out : "{}", nullptr, false);
+  vmsynth_free(out);
+  if (rc != VMSYNTH_OK) {
+    const std::string why = j.is_object() && j.contains("error") ? j["error"].value("message", "") : "";
+    throw cloudlet::PushError(static_cast<ErrorCode>(rc), "overlay '" + path + "': " + why, 0, "corrupt");
+  }
+  return j.value("base_id", "");
+}
+
+// --discover: the URL of a cloudlet on the local links that holds the base.
+template <typename Args>
+std::string discover_cloudlet(const Args& args, const std::string& token) {
+  const std::string base_id = args.base_id.empty() ? overlay_base_id(args.overlay) : args.base_id;
+  std::vector<cloudlet::Cloudlet> found =
+      cloudlet::browse(std::chrono::milliseconds(static_cast<long long>(args.discover_timeout_s * 1000)));
+  complete_base_ids(found, token, args.cacert);
+  const cloudlet::Cloudlet* pick = cloudlet::pick_cloudlet(found, base_id);
+  if (pick == nullptr) {
+    throw cloudlet::PushError(ErrorCode::kWrongBase,
+                              "none of the " + std::to_string(found.size()) + " cloudlet(s) found in " +
+                                  std::to_string(args.discover_timeout_s) + " s holds base VM " + base_id +
+                                  " (vmsynth discover lists them)",
+                              0, "wrong_base");
+  }
+  if (!args.quiet) std::fprintf(stderr, "vmsynth: push: found %s at %s\n", pick->name.c_str(), pick->url.c_str());
+  return pick->url;
+}
+
 }  // namespace
 
 void add_push_command(CLI::App& app) {
   struct Args {
-    std::string url, token_file, cacert, disk_format = "raw", overlay;
-    bool launch = false, json = false, quiet = false;
+    std::string url, token_file, cacert, disk_format = "raw", overlay, base_id;
+    bool launch = false, json = false, quiet = false, discover = false;
+    double discover_timeout_s = 3;
     KeyOptions key;
   };
   auto args = std::make_shared<Args>();
@@ -108,8 +155,21 @@ void add_push_command(CLI::App& app) {
       "(Ctrl-C stops the upload) or cancelled by the cloudlet.");
   c->add_option("--to", args->url,
                 "The cloudlet: http://HOST:PORT or https://HOST:PORT (vmsynthd's --listen, e.g. "
-                "http://127.0.0.1:8470); other schemes are refused")
-      ->required();
+                "http://127.0.0.1:8470); other schemes are refused");
+  CLI::Option* discover =
+      c->add_flag("--discover", args->discover,
+                  "Instead of --to: find a cloudlet on the local links (DNS-SD, as `vmsynth discover`) that holds "
+                  "--base-id and push to it (one with TLS first, then by name)")
+          ->excludes("--to");
+  c->add_option("--base-id", args->base_id,
+                "With --discover: the base VM the cloudlet must hold (32 hex digits; default: the overlay "
+                "file's own, read from its header)")
+      ->needs(discover);
+  c->add_option("--discover-timeout", args->discover_timeout_s,
+                "With --discover: seconds to listen for cloudlets, 0.1-60")
+      ->capture_default_str()
+      ->check(CLI::Range(0.1, 60.0))
+      ->needs(discover);
   c->add_option("--token-file", args->token_file,
                 "Bearer token file (vmsynthd's format: NAME TOKEN lines); the first token is sent as "
                 "'Authorization: Bearer TOKEN'")
@@ -136,6 +196,7 @@ void add_push_command(CLI::App& app) {
                 "such as <(command))")
       ->required();
   c->callback([args] {
+    if (args->url.empty() && !args->discover) throw Error(ErrorCode::kUsage, "push: give --to URL or --discover");
     cloudlet::PushRequest rq;
     rq.url = args->url;
     rq.overlay = args->overlay;
@@ -174,6 +235,7 @@ void add_push_command(CLI::App& app) {
           }
         }
       }
+      if (args->discover) rq.url = discover_cloudlet(*args, rq.token);
       // A reset connection must be an error from write(), not the end of
       // the process (neither httplib nor OpenSSL sends with MSG_NOSIGNAL).
       std::signal(SIGPIPE, SIG_IGN);
@@ -187,7 +249,7 @@ void add_push_command(CLI::App& app) {
       }
       const nlohmann::json doc = cloudlet::push_overlay(rq);
       progress.finish();
-      print_push_result(doc, cloudlet::parse_cloudlet_url(args->url).text, args->json);
+      print_push_result(doc, cloudlet::parse_cloudlet_url(rq.url).text, args->json);
       return;
     } catch (const cloudlet::PushError& e) {
       status = report_push_failure(e, args->json);

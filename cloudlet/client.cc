@@ -395,6 +395,29 @@ ErrorCode error_code_for(const std::string& api_code, int http_status) {
   return ErrorCode::kIo;                                                  // 5xx: busy, shutting_down, internal, ...
 }
 
+std::vector<std::string> list_base_ids(const std::string& url_text, const std::string& token,
+                                       const std::string& ca_cert_file) {
+  const CloudletUrl url = parse_cloudlet_url(url_text);
+  std::unique_ptr<httplib::ClientImpl> cli = make_client(url, ca_cert_file);
+  httplib::Headers headers;
+  if (!token.empty()) headers.emplace("Authorization", "Bearer " + token);
+  httplib::Result r = cli->Get(url.prefix + "/v1/bases", headers);
+  if (!r) throw transport_error(r.error(), url, *cli, 0);
+  if (r->status != 200) throw answer_error(*r, url);
+  std::vector<std::string> ids;
+  const json list = json::parse(r->body, nullptr, false);
+  if (list.is_array()) {
+    for (const json& b : list) {
+      if (b.is_object() && b.contains("id") && b["id"].is_string()) ids.push_back(b["id"].get<std::string>());
+    }
+  }
+  if (!list.is_array() || ids.size() != list.size()) {
+    throw PushError(ErrorCode::kIo, "GET " + url.text + "/v1/bases did not answer a list of bases with ids", r->status,
+                    "http");
+  }
+  return ids;
+}
+
 json push_overlay(const PushRequest& rq) {
   const CloudletUrl url = parse_cloudlet_url(rq.url);
   if (!rq.ca_cert_file.empty()) {

@@ -35,6 +35,7 @@
 #include <functional>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
 #include "common/error.h"
 
@@ -103,6 +104,12 @@ class PushError : public Error {
 // not_found and other 4xx -> kUsage; no_space, busy, shutting_down,
 // incomplete, internal and other 5xx -> kIo; cancelled -> kInterrupted.
 ErrorCode error_code_for(const std::string& api_code, int http_status);
+
+// GET URL/v1/bases: the ids of the base VMs the cloudlet at `url` holds,
+// with `token` (empty: none) and TLS verified against `ca_cert_file` (empty:
+// the system's CAs). Throws PushError as push_overlay does.
+std::vector<std::string> list_base_ids(const std::string& url, const std::string& token,
+                                       const std::string& ca_cert_file);
 
 // Pushes the overlay; returns the daemon's document for the new VM (201).
 // Throws PushError for every failure (kInterrupted when `cancelled`).

@@ -23,6 +23,7 @@
 
 #include "cloudlet/bases.h"
 #include "cloudlet/client.h"
+#include "cloudlet/discovery.h"
 #include "cloudlet/metrics.h"
 #include "cloudlet/tokens.h"
 #include "cloudlet/vm_registry.h"
@@ -37,7 +38,6 @@ namespace vmsynth::cloudlet {
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 using Clock = std::chrono::steady_clock;
-
 
 namespace {
 
@@ -201,6 +201,7 @@ struct Daemon::Impl {
   std::condition_variable sessions_cv;
   std::map<std::string, std::shared_ptr<Session>> sessions;
   std::thread drain_thread;
+  std::unique_ptr<Publisher> publisher;  // --mdns
 
   Impl(DaemonConfig c, Log l) : cfg(std::move(c)), log(std::move(l)) {}
 
@@ -835,6 +836,21 @@ int Daemon::bind() {
     }
     d.port = d.cfg.listen_port;
   }
+  if (d.cfg.mdns) {
+    // Published once the port is known; avahi-daemon's absence is a notice,
+    // never a reason not to serve.
+    char host[256] = {};
+    ::gethostname(host, sizeof host - 1);
+    std::string name = std::string("vmsynthd on ") + host;
+    if (name.size() > 63) name.resize(63);
+    Publisher::Options o;
+    o.name = name;
+    o.port = static_cast<std::uint16_t>(d.port);
+    o.tls = d.tls;
+    o.base_ids = d.bases.ids();
+    o.notice = [log = d.log](const std::string& m) { log("mdns: " + m); };
+    d.publisher = std::make_unique<Publisher>(std::move(o));
+  }
   return d.port;
 }
 
@@ -845,6 +861,7 @@ void Daemon::shutdown() {
   if (d.draining.exchange(true)) return;
   d.log("shutting down: no new sessions; " + std::to_string(d.metrics.sessions_in_flight()) + " in flight get " +
         std::to_string(d.cfg.drain_timeout.count()) + " s");
+  d.publisher.reset();  // withdrawn first: clients stop finding a cloudlet that is going
   // The listener closes now; serve() returns once the worker threads have
   // finished what they are doing, which the drain thread bounds.
   d.server->stop();
