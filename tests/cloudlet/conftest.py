@@ -62,7 +62,7 @@ class Pair:
         self.base = self.root / "base"
         self.launch = self.root / "launch"
         self.overlay = self.root / "overlay.vmo"
-        run_cli("overlay", "create", "--base", self.base, "--launch", self.launch, "-o", self.overlay, "-q")
+        run_cli("overlay", "create", "--base", self.base, "--launch", self.launch, "-o", self.overlay, "--level", 1, "-q")
         self._digests = {}
 
     def launch_digest(self, name):
@@ -82,7 +82,7 @@ class Pair:
 
 
 class Data:
-    """The session's pairs and overlays."""
+    """The session's pairs and overlays (zstd level 1: quick to make on a shared machine)."""
 
     KEY = "00112233445566778899aabbccddeeff" * 2
     WRONG_KEY = "ffeeddccbbaa99887766554433221100" * 2
@@ -90,12 +90,13 @@ class Data:
     def __init__(self, root):
         self.root = root
         self.a = Pair(root, "a", 1)
+        self.small = Pair(root, "small", 4, memory_mib=8, disk_mib=8)  # every daemon holds it too: quick checks
         self.other = Pair(root, "other", 2, memory_mib=8, disk_mib=8)  # a base no daemon holds
         self.key_file = root / "key.hex"
         self.key_file.write_text(self.KEY + "\n")
         self.encrypted = root / "a-encrypted.vmo"
         run_cli("overlay", "create", "--base", self.a.base, "--launch", self.a.launch, "-o", self.encrypted,
-                "--key-file", self.key_file, "-q")
+                "--key-file", self.key_file, "--level", 1, "-q")
         self._big = None
 
     @property
@@ -108,7 +109,9 @@ class Data:
 
 @pytest.fixture(scope="session")
 def data(tmp_path_factory):
-    return Data(tmp_path_factory.mktemp("vmsynthd-data"))
+    root = tmp_path_factory.mktemp("vmsynthd-data")
+    yield Data(root)
+    shutil.rmtree(root, ignore_errors=True)  # VM images: pytest keeps its last temporary directories
 
 
 # ---- HTTP through curl --------------------------------------------------------------
@@ -343,7 +346,7 @@ def parse_metrics(text):
 
 @pytest.fixture
 def daemon_factory(tmp_path, data):
-    """Makes daemons over a --bases holding pair a's base (hard links) as bases/a; ends them all."""
+    """Makes daemons over a --bases holding the bases of pairs a and small (hard links); ends them all."""
     made = []
     bases = tmp_path / "bases"
 
@@ -356,6 +359,7 @@ def daemon_factory(tmp_path, data):
                 shutil.copy2(base_dir / f, bases / name / f)
 
     add_base("a", data.a.base)
+    add_base("small", data.small.base)
 
     def make(*args, start=True, name="d", **kw):
         root = tmp_path / f"daemon-{name}"
@@ -374,6 +378,10 @@ def daemon_factory(tmp_path, data):
         if d.proc is not None and d.proc.poll() is None:
             d.proc.kill()
             d.proc.wait(timeout=15)
+    # The VMs go (pytest keeps its last temporary directories); the daemons' logs stay.
+    for d in made:
+        shutil.rmtree(d.state, ignore_errors=True)
+    shutil.rmtree(bases, ignore_errors=True)
 
 
 @pytest.fixture

@@ -7,24 +7,22 @@ import os
 import re
 import signal
 import subprocess
-import threading
 import time
 
 import pytest
 
-from conftest import (Data, Upload, curl, curl_args, parse_metrics, raw_post, read_response, run_cli, same_file,
-                      staging_entries, state_problems, wait_for)
+from conftest import (Data, curl, parse_metrics, raw_post, same_file, staging_entries, state_problems, wait_for)
 
 ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 def assert_good_upload(d, data):
-    """The daemon still serves: health, then a good upload (deleted again)."""
+    """The daemon still serves: health, then a good upload (of the small pair; deleted again)."""
     assert d.healthy(), d.log()
-    r = d.post_file(data.a.overlay)
+    r = d.post_file(data.small.overlay)
     assert r.status == 201, r
     vm = r.json()
-    assert data.a.matches_launch(vm["dir"])
+    assert data.small.matches_launch(vm["dir"])
     assert d.delete("/v1/vms/" + vm["id"]).status == 204
 
 
@@ -32,7 +30,9 @@ def check_created(r, d, data, overlay):
     assert r.status == 201, r
     vm = r.json()
     assert ID.match(vm["id"]), vm
-    assert vm["base_id"] == d.get("/v1/bases").json()[0]["id"]
+    bases = {b["name"]: b["id"] for b in d.get("/v1/bases").json()}
+    assert vm["base_id"] == bases["a"], (vm, bases)
+    assert vm["base_name"] == "a"
     assert os.path.isabs(vm["dir"]) and os.path.isdir(vm["dir"]), vm
     assert os.path.realpath(vm["dir"]) == os.path.realpath(os.path.join(d.state, "vms", vm["id"]))
     assert vm["state"] == "synthesized"
@@ -103,7 +103,7 @@ def test_progress_is_visible_before_the_last_byte(daemon_factory, data):
     daemon = daemon_factory()
     size = os.path.getsize(big)
     assert size > 8_000_000, f"the slow overlay is only {size} bytes"
-    up = daemon.post_popen(big, "", "--limit-rate", "2M")
+    up = daemon.post_popen(big, "", "--limit-rate", "3M")
     seen = []
     early = None
     try:
@@ -130,14 +130,16 @@ def test_progress_is_visible_before_the_last_byte(daemon_factory, data):
 
 def test_sixteen_concurrent_uploads(daemon_factory, data):
     d = daemon_factory("--max-sessions", "16")
-    uploads = [d.post_popen(data.a.overlay) for _ in range(16)]
+    # 12 of the small pair and 4 of the larger one at once.
+    pairs = [data.small] * 12 + [data.a] * 4
+    uploads = [d.post_popen(p.overlay) for p in pairs]
     results = [u.finish(timeout=170) for u in uploads]
     for r in results:
         assert r.status == 201, r
     ids = {r.json()["id"] for r in results}
     assert len(ids) == 16
-    for r in results:
-        assert data.a.matches_launch(r.json()["dir"]), r.json()["id"]
+    for p, r in zip(pairs, results):
+        assert p.matches_launch(r.json()["dir"]), r.json()["id"]
     assert sorted(v["id"] for v in d.vms()) == sorted(ids)
     assert state_problems(d.state) == []
     assert d.metrics()['vmsynthd_syntheses_total{result="ok"}'] == 16
