@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from conftest import (Data, curl, parse_metrics, raw_post, same_file, staging_entries, state_problems, wait_for)
+from conftest import (Data, curl, parse_metrics, raw_post, read_response, same_file, staging_entries, state_problems,
+                      wait_for)
 
 ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -221,6 +222,18 @@ def test_refusal_mid_body_reaches_a_client_that_does_not_wait_for_100_continue(d
         for _ in range(4):
             r = daemon.post_file(path, "", "-H", "Expect:", *headers)
             assert r.rc == 0 and r.status == status and r.error_code() == code, r
+    # The same with a client that writes its whole body before it reads
+    # (a socket: sendall of 16 MB, then the answer): before the fix, sendall
+    # failed with a reset once the daemon had closed without reading.
+    body = data.big.overlay.read_bytes()
+    for _ in range(2):
+        s = raw_post(daemon.port, body, len(body))
+        try:
+            answer = read_response(s)
+        finally:
+            s.close()
+        assert answer.startswith(b"HTTP/1.1 409"), answer[:300]
+        assert b'"wrong_base"' in answer, answer[:600]
     wait_for(daemon.idle, 10, "the sessions to end")
     assert state_problems(daemon.state) == [] and daemon.vms() == []
     assert_good_upload(daemon, data)
