@@ -395,6 +395,13 @@ struct Daemon::Impl {
                                            : "bad overlay header");
         return false;
       }
+      if (header.value("encrypted", false) && !req.has_header("X-Vmsynth-Key") &&
+          !req.has_header("X-Vmsynth-Passphrase")) {
+        fail = Failure{400, "wrong_key",
+                       "this overlay is encrypted: give its key in the header X-Vmsynth-Key (64 hex digits) or "
+                       "X-Vmsynth-Passphrase"};
+        return false;
+      }
       base = bases.find(header.value("base_id", ""));
       if (base == nullptr) {
         fail = Failure{409, "wrong_base",
@@ -433,6 +440,14 @@ struct Daemon::Impl {
       return true;
     };
 
+    // A refusal found mid-body drops the staging at once and reads the rest
+    // of the body (bounded by --max-overlay-bytes below) to drop it: a client
+    // still sending (one that did not wait for 100-continue) then reads the
+    // answer instead of a connection reset.
+    auto refused = [&] {
+      synth.reset();
+      return true;
+    };
     const bool body_ok = reader([&](const char* data, size_t n) {
       const auto now = Clock::now();
       if (!first_byte) first_byte = now;
@@ -444,15 +459,16 @@ struct Daemon::Impl {
                        "the overlay passed " + std::to_string(cfg.max_overlay_bytes) + " bytes (--max-overlay-bytes)"};
         return false;
       }
+      if (fail) return true;
       if (!synth) {
         const size_t take = std::min(n, VMSYNTH_OVERLAY_HEADER_BYTES - head.size());
         head.append(data, take);
         if (head.size() < VMSYNTH_OVERLAY_HEADER_BYTES) return true;
-        if (!open() || !feed(head.data(), head.size())) return false;
+        if (!open() || !feed(head.data(), head.size())) return refused();
         data += take;
         n -= take;
       }
-      return n == 0 || feed(data, n);
+      return n == 0 || feed(data, n) || refused();
     });
 
     if (!body_ok && !fail) {

@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "engine/synthesis_test_util.h"
+#include "testutil/vm_files.h"
 #include "vmsynth/vmsynth.h"
 
 namespace vmsynth {
@@ -1030,6 +1031,199 @@ TEST_F(Api, PhaseProgressNamesPhasesAndReplacesThePlainCallback) {
   }
   EXPECT_EQ(phased.phases.back(), "finished");
   EXPECT_EQ(phased.calls.back(), std::make_pair(uint64_t{overlay().size()}, uint64_t{overlay().size()}));
+}
+
+
+// ---- The overlay's file header (vmsynth_overlay_header) --------------------------
+
+// The header of the first VMSYNTH_OVERLAY_HEADER_BYTES bytes says what
+// `vmsynth overlay info --json` says of the whole file, field for field.
+TEST_F(Api, OverlayHeaderMatchesOverlayInfo) {
+  auto head = call_json([&](char** j) { return vmsynth_overlay_header(overlay().data(), VMSYNTH_OVERLAY_HEADER_BYTES, j); });
+  ASSERT_EQ(head.status, VMSYNTH_OK) << head.json.dump();
+  const vmfiles::RunResult info = vmfiles::run_vmsynth({"overlay", "info", "--json", overlay_path()}, dir_.path());
+  ASSERT_EQ(info.status, 0) << info.err;
+  const Json full = Json::parse(info.out);
+  EXPECT_EQ(head.json.value("ok", false), true);
+  for (const char* key : {"version", "base_id", "base_memory_bytes", "base_disk_bytes", "launch_memory_bytes",
+                          "launch_disk_bytes", "encrypted"}) {
+    ASSERT_TRUE(head.json.contains(key)) << key << " missing: " << head.json.dump();
+    EXPECT_EQ(head.json[key], full.at(key)) << key;
+  }
+  EXPECT_EQ(head.json.value("encrypted", true), false);
+  EXPECT_EQ(head.json.value("launch_memory_bytes", uint64_t{0}), 16 * kMiB);
+  EXPECT_EQ(head.json.value("launch_disk_bytes", uint64_t{0}), std::filesystem::file_size(launch() + "/disk.img"));
+  // More bytes than the header are ignored.
+  auto whole = call_json([&](char** j) { return vmsynth_overlay_header(overlay().data(), overlay().size(), j); });
+  ASSERT_EQ(whole.status, VMSYNTH_OK) << whole.json.dump();
+  EXPECT_EQ(whole.json, head.json);
+}
+
+TEST_F(Api, OverlayHeaderOfTooFewBytesIsCorruptAndSaysTruncated) {
+  for (size_t n : {size_t{0}, size_t{1}, size_t{VMSYNTH_OVERLAY_HEADER_BYTES - 1}}) {
+    SCOPED_TRACE(n);
+    auto r = call_json([&](char** j) { return vmsynth_overlay_header(overlay().data(), n, j); });
+    EXPECT_EQ(r.status, VMSYNTH_E_CORRUPT) << r.json.dump();
+    EXPECT_EQ(r.json.value("ok", true), false);
+    const std::string message = r.json.contains("error") ? r.json["error"].value("message", "") : "";
+    EXPECT_NE(message.find("truncated"), std::string::npos) << r.json.dump();
+    EXPECT_NE(message.find(std::to_string(n) + " given"), std::string::npos) << r.json.dump();
+  }
+  // NULL data of a non-zero length is the caller's mistake.
+  auto r = call_json([&](char** j) { return vmsynth_overlay_header(nullptr, VMSYNTH_OVERLAY_HEADER_BYTES, j); });
+  EXPECT_EQ(r.status, VMSYNTH_E_USAGE) << r.json.dump();
+}
+
+TEST_F(Api, OverlayHeaderWithABadMagicOrChecksumIsCorrupt) {
+  for (size_t at : {size_t{0}, size_t{3}, size_t{VMSYNTH_OVERLAY_HEADER_BYTES / 2}, size_t{VMSYNTH_OVERLAY_HEADER_BYTES - 1}}) {
+    SCOPED_TRACE(at);
+    const Bytes b = flipped(at, 0x20);
+    auto r = call_json([&](char** j) { return vmsynth_overlay_header(b.data(), VMSYNTH_OVERLAY_HEADER_BYTES, j); });
+    EXPECT_EQ(r.status, VMSYNTH_E_CORRUPT) << r.json.dump();
+    ASSERT_TRUE(r.json.contains("error")) << r.json.dump();
+    EXPECT_EQ(r.json["error"].value("code", ""), "corrupt");
+    EXPECT_NE(r.json["error"].value("message", ""), "");
+  }
+  // A byte past the header changes nothing the header says.
+  const Bytes past = flipped(VMSYNTH_OVERLAY_HEADER_BYTES, 0x20);
+  EXPECT_EQ(vmsynth_overlay_header(past.data(), past.size(), nullptr), VMSYNTH_OK);
+}
+
+// ---- Keys as parameters (key, passphrase) ------------------------------------------
+
+constexpr const char* kHexKey = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+constexpr const char* kOtherHexKey = "ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100";
+
+TEST_F(Api, KeyParameterOf64HexDigitsEncryptsAndSynthesizes) {
+  Params cp = create_params();
+  set(cp.get(), "key", kHexKey);
+  const std::string sealed = out("sealed.vmo");
+  auto created = call_json(
+      [&](char** j) { return vmsynth_overlay_create(base().c_str(), launch().c_str(), sealed.c_str(), cp.get(), j); });
+  ASSERT_EQ(created.status, VMSYNTH_OK) << created.json.dump();
+  EXPECT_EQ(created.json.value("encrypted", false), true);
+  const Bytes sealed_bytes = testutil::read_bytes(sealed);
+  auto head = call_json([&](char** j) { return vmsynth_overlay_header(sealed_bytes.data(), sealed_bytes.size(), j); });
+  ASSERT_EQ(head.status, VMSYNTH_OK) << head.json.dump();
+  EXPECT_EQ(head.json.value("encrypted", false), true);
+
+  // The same key as a key file and as the parameter open the same overlay.
+  testutil::write_file(dir_ / "key.hex", std::string(kHexKey) + "\n");
+  Params fp = new_params();
+  set(fp.get(), "key_file", (dir_ / "key.hex").c_str());
+  auto by_file = call_json(
+      [&](char** j) { return vmsynth_synthesize(base().c_str(), sealed.c_str(), out("by-file").c_str(), fp.get(), j); });
+  ASSERT_EQ(by_file.status, VMSYNTH_OK) << by_file.json.dump();
+  EXPECT_EQ(testutil::vm_dir_difference(out("by-file"), launch()), "");
+
+  // Fed in chunks, as the daemon does with the key from its client's header.
+  Params kp = new_params();
+  set(kp.get(), "key", kHexKey);
+  vmsynth_synth* raw = nullptr;
+  ASSERT_EQ(vmsynth_synth_open(&raw, base().c_str(), out("fed").c_str(), kp.get()), VMSYNTH_OK);
+  Synth s(raw);
+  ASSERT_EQ(feed_random_chunks(s.get(), sealed_bytes, 7), VMSYNTH_OK) << vmsynth_synth_error(s.get());
+  ASSERT_EQ(vmsynth_synth_finish(s.get()), VMSYNTH_OK) << vmsynth_synth_error(s.get());
+  s.reset();
+  EXPECT_EQ(testutil::vm_dir_difference(out("fed"), launch()), "");
+
+  // Another key: wrong_key, nothing left.
+  Params wp = new_params();
+  set(wp.get(), "key", kOtherHexKey);
+  auto wrong = call_json(
+      [&](char** j) { return vmsynth_synthesize(base().c_str(), sealed.c_str(), out("wrong").c_str(), wp.get(), j); });
+  EXPECT_EQ(wrong.status, VMSYNTH_E_WRONG_KEY) << wrong.json.dump();
+  EXPECT_EQ(leftovers(out("wrong")), "");
+  // No key at all: refused, nothing left.
+  auto none = call_json(
+      [&](char** j) { return vmsynth_synthesize(base().c_str(), sealed.c_str(), out("none").c_str(), nullptr, j); });
+  EXPECT_NE(none.status, VMSYNTH_OK) << none.json.dump();
+  EXPECT_EQ(leftovers(out("none")), "");
+}
+
+TEST_F(Api, PassphraseParameterEncryptsAndSynthesizes) {
+  Params cp = create_params();
+  set(cp.get(), "passphrase", "correct horse battery staple");
+  const std::string sealed = out("sealed.vmo");
+  auto created = call_json(
+      [&](char** j) { return vmsynth_overlay_create(base().c_str(), launch().c_str(), sealed.c_str(), cp.get(), j); });
+  ASSERT_EQ(created.status, VMSYNTH_OK) << created.json.dump();
+  EXPECT_EQ(created.json.value("encrypted", false), true);
+  Params sp = new_params();
+  set(sp.get(), "passphrase", "correct horse battery staple");
+  auto good = call_json(
+      [&](char** j) { return vmsynth_synthesize(base().c_str(), sealed.c_str(), out("good").c_str(), sp.get(), j); });
+  ASSERT_EQ(good.status, VMSYNTH_OK) << good.json.dump();
+  EXPECT_EQ(testutil::vm_dir_difference(out("good"), launch()), "");
+  set(sp.get(), "passphrase", "incorrect horse battery staple");
+  auto bad = call_json(
+      [&](char** j) { return vmsynth_synthesize(base().c_str(), sealed.c_str(), out("bad").c_str(), sp.get(), j); });
+  EXPECT_EQ(bad.status, VMSYNTH_E_WRONG_KEY) << bad.json.dump();
+  EXPECT_EQ(leftovers(out("bad")), "");
+}
+
+// key with key_file (or passphrase) is refused, naming the parameter, and
+// the params keep the key they had: the synthesis afterwards still opens the
+// overlay with it.
+TEST_F(Api, KeyAndAnotherKeySourceExcludeEachOtherAndLeaveTheParamsUnchanged) {
+  Params cp = create_params();
+  set(cp.get(), "key", kHexKey);
+  const std::string sealed = out("sealed.vmo");
+  ASSERT_EQ(on_caller_arena([&] {
+              return vmsynth_overlay_create(base().c_str(), launch().c_str(), sealed.c_str(), cp.get(), nullptr);
+            }),
+            VMSYNTH_OK);
+  testutil::write_file(dir_ / "other.hex", std::string(kOtherHexKey) + "\n");
+
+  Params p = new_params();
+  set(p.get(), "key", kHexKey);
+  EXPECT_EQ(vmsynth_params_set(p.get(), "key_file", (dir_ / "other.hex").c_str()), VMSYNTH_E_USAGE);
+  EXPECT_NE(std::string(vmsynth_params_error(p.get())).find("key_file"), std::string::npos)
+      << vmsynth_params_error(p.get());
+  EXPECT_EQ(vmsynth_params_set(p.get(), "passphrase", "words"), VMSYNTH_E_USAGE);
+  EXPECT_NE(std::string(vmsynth_params_error(p.get())).find("passphrase"), std::string::npos)
+      << vmsynth_params_error(p.get());
+  EXPECT_EQ(vmsynth_params_set(p.get(), "passphrase_file", (dir_ / "other.hex").c_str()), VMSYNTH_E_USAGE);
+  auto r = call_json(
+      [&](char** j) { return vmsynth_synthesize(base().c_str(), sealed.c_str(), out("a").c_str(), p.get(), j); });
+  ASSERT_EQ(r.status, VMSYNTH_OK) << r.json.dump();
+  EXPECT_EQ(testutil::vm_dir_difference(out("a"), launch()), "");
+
+  // The other way round: key_file first, then key is refused; the file's key stays.
+  testutil::write_file(dir_ / "key.hex", std::string(kHexKey) + "\n");
+  Params q = new_params();
+  set(q.get(), "key_file", (dir_ / "key.hex").c_str());
+  EXPECT_EQ(vmsynth_params_set(q.get(), "key", kOtherHexKey), VMSYNTH_E_USAGE);
+  EXPECT_NE(std::string(vmsynth_params_error(q.get())).find("key"), std::string::npos);
+  auto rq = call_json(
+      [&](char** j) { return vmsynth_synthesize(base().c_str(), sealed.c_str(), out("b").c_str(), q.get(), j); });
+  ASSERT_EQ(rq.status, VMSYNTH_OK) << rq.json.dump();
+
+  // "" unsets: then the other source is accepted.
+  set(p.get(), "key", "");
+  set(p.get(), "key_file", (dir_ / "key.hex").c_str());
+}
+
+TEST(ApiParams, KeyThatIsNot64HexDigitsIsAUsageErrorNamingTheParameter) {
+  const std::string hex = kHexKey;
+  const std::vector<std::string> bad = {
+      hex.substr(0, 63),                 // one digit short
+      hex + "0",                         // one digit more
+      "g" + hex.substr(1),               // not hex
+      hex.substr(0, 62) + " 0",          // a space inside
+      "0x" + hex.substr(2),              // a prefix
+  };
+  Params p = new_params();
+  for (const std::string& v : bad) {
+    EXPECT_EQ(vmsynth_params_set(p.get(), "key", v.c_str()), VMSYNTH_E_USAGE) << "\"" << v << "\"";
+    const std::string why = vmsynth_params_error(p.get());
+    EXPECT_NE(why.find("parameter key"), std::string::npos) << "\"" << v << "\": " << why;
+    EXPECT_EQ(why.find(v), std::string::npos) << "the refusal repeats the secret: " << why;
+  }
+  // Upper-case hex digits are hex digits.
+  std::string upper = hex;
+  std::transform(upper.begin(), upper.end(), upper.begin(), [](unsigned char ch) { return std::toupper(ch); });
+  EXPECT_EQ(vmsynth_params_set(p.get(), "key", upper.c_str()), VMSYNTH_OK) << vmsynth_params_error(p.get());
 }
 
 }  // namespace
