@@ -249,6 +249,12 @@ struct Daemon::Impl {
     }
   }
 
+  Failure busy_failure() const {
+    return {503, "busy",
+            "this cloudlet is receiving " + std::to_string(cfg.max_sessions) +
+                " overlays already (--max-sessions); retry later"};
+  }
+
   // What can be decided from the headers alone, before any body byte is
   // read (also the answer to `Expect: 100-continue`).
   std::optional<Failure> precheck_post(const httplib::Request& req) {
@@ -262,11 +268,7 @@ struct Daemon::Impl {
                      "the overlay is " + std::to_string(len) + " bytes; this cloudlet takes at most " +
                          std::to_string(cfg.max_overlay_bytes) + " (--max-overlay-bytes)"};
     }
-    if (metrics.sessions_in_flight() >= static_cast<int64_t>(cfg.max_sessions)) {
-      return Failure{503, "busy",
-                     "this cloudlet is receiving " + std::to_string(cfg.max_sessions) +
-                         " overlays already (--max-sessions); retry later"};
-    }
+    if (metrics.sessions_in_flight() >= static_cast<int64_t>(cfg.max_sessions)) return busy_failure();
     if (len > 0 && len > free_bytes(vms->vms_dir())) {
       return Failure{507, "no_space",
                      "the overlay is " + std::to_string(len) + " bytes; the state directory has " +
@@ -313,6 +315,8 @@ struct Daemon::Impl {
     s->token_name = std::move(token_name);
     s->content_length = declared_length(req);
     std::lock_guard lock(sessions_mu);
+    // The precheck's count was advisory; this one, under the lock, decides.
+    if (sessions.size() >= cfg.max_sessions) return nullptr;
     sessions[s->id] = s;
     metrics.session_started();
     return s;
@@ -369,6 +373,7 @@ struct Daemon::Impl {
     PostOptions opt;
     parse_post(req, opt);
     std::shared_ptr<Session> s = start_session(req, token_name);
+    if (!s) return send_failure(res, busy_failure());
     struct Ender {
       Impl* impl;
       std::shared_ptr<Session> s;

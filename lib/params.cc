@@ -83,8 +83,12 @@ void set_key_param(vmsynth_params& p, std::string_view name, std::string_view va
   } else if (value.empty()) {
     if ((name == "key") == (p.key.kind == codec::KeySpec::Kind::kRawKey)) p.key = {};
   } else {
-    const auto bytes = std::as_bytes(std::span(value.data(), value.size()));
     const std::string origin = "parameter " + std::string(name);
+    // A key file may hold 32 raw bytes; a key given as a string is hex only.
+    if (name == "key" && (value.size() != 64 || value.find_first_not_of("0123456789abcdefABCDEF") != value.npos)) {
+      throw Error(ErrorCode::kUsage, origin + ": expected 64 hex digits (a 256-bit key)");
+    }
+    const auto bytes = std::as_bytes(std::span(value.data(), value.size()));
     p.key = name == "key" ? codec::key_from_key_file(bytes, origin) : codec::key_from_passphrase_file(bytes, origin);
   }
 }

@@ -1212,6 +1212,7 @@ TEST(ApiParams, KeyThatIsNot64HexDigitsIsAUsageErrorNamingTheParameter) {
       "g" + hex.substr(1),               // not hex
       hex.substr(0, 62) + " 0",          // a space inside
       "0x" + hex.substr(2),              // a prefix
+      std::string(32, 'k'),              // 32 characters: a key file may hold 32 raw bytes, a string may not
   };
   Params p = new_params();
   for (const std::string& v : bad) {
