@@ -16,11 +16,10 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "cloudlet/mdns_sandbox.h"
 #include "common/error.h"
@@ -143,6 +142,73 @@ TEST_F(DiscoveryTest, PublishedServiceIsFoundByDiscoverWithItsTxt) {
   EXPECT_NE(table.output.find("rack-1"), std::string::npos) << table.output;
   EXPECT_NE(table.output.find(bases[2]), std::string::npos) << table.output;
   EXPECT_FALSE(notices.any("not running")) << notices.all();
+}
+
+// The daemon itself: vmsynthd --mdns publishes its port, TLS flag and the
+// base it holds; `vmsynth push --discover` finds it by the overlay's base id
+// and synthesizes there; SIGTERM withdraws the service.
+TEST_F(DiscoveryTest, VmsynthdPublishesItselfAndPushDiscoverFindsIt) {
+  const std::string t = sandbox_.dir().sub("daemon");
+  const std::string cli = "'" VMSYNTH_BIN "'";
+  ASSERT_EQ(run_command("mkdir -p '" + t + "/bases' && " + cli + " gen-pair --out '" + t +
+                        "/pair' --memory-mib 4 --disk-mib 8 -q && " + cli + " overlay create --base '" + t +
+                        "/pair/base' --launch '" + t + "/pair/launch' -o '" + t + "/app.vmo' -q && ln -s '" + t +
+                        "/pair/base' '" + t + "/bases/b1'")
+                .exit_code,
+            0);
+  const auto info = nlohmann::json::parse(run_command("(" + cli + " overlay info --json '" + t + "/app.vmo')").output,
+                                          nullptr, false);
+  ASSERT_TRUE(info.is_object() && info.contains("base_id")) << info.dump();
+  const std::string base_id = info["base_id"];
+
+  testutil::Daemon d(
+      {VMSYNTHD_BIN, "--listen", "127.0.0.1:0", "--bases", t + "/bases", "--state", t + "/state", "--mdns"},
+      t + "/vmsynthd.log");
+  ASSERT_TRUE(d.wait_for_log("listening on http://", milliseconds(30000))) << d.log();
+  const std::string log = d.log();
+  const size_t at = log.find("http://");
+  const std::string url = log.substr(at, log.find('\n', at) - at);
+
+  // The cloudlet of `doc` whose URL is the daemon's, or null.
+  auto daemon_in = [&](const nlohmann::json& doc) -> nlohmann::json {
+    if (doc.contains("cloudlets")) {
+      for (const auto& c : doc["cloudlets"]) {
+        if (c.value("url", "") == url) return c;
+      }
+    }
+    return nullptr;
+  };
+  nlohmann::json doc, mine;
+  for (int attempt = 0; attempt < 5 && mine.is_null(); ++attempt) {  // registration takes a moment
+    doc = discover_json("--timeout 2");
+    mine = daemon_in(doc);
+  }
+  ASSERT_FALSE(mine.is_null()) << "vmsynthd at " << url << " not discovered: " << doc.dump(2) << d.log();
+  EXPECT_EQ(mine["tls"], false);
+  EXPECT_EQ(mine["api"], "v1");
+  EXPECT_EQ(mine["base_ids"], nlohmann::json::array({base_id})) << mine.dump();
+  EXPECT_EQ(mine["name"].get<std::string>().rfind("vmsynthd on ", 0), 0u) << mine.dump();
+
+  auto pushed = run_command("(timeout 60 " + cli + " push --discover --json -q '" + t + "/app.vmo' 2>/dev/null)");
+  ASSERT_EQ(pushed.exit_code, 0) << pushed.output << d.log();
+  const auto result = nlohmann::json::parse(pushed.output, nullptr, false);
+  EXPECT_EQ(result.value("url", ""), url) << pushed.output;
+  EXPECT_EQ(result.value("state", ""), "synthesized") << pushed.output;
+  EXPECT_EQ(result.value("base_id", ""), base_id) << pushed.output;
+
+  // A base no cloudlet holds: nothing is pushed, exit 4 (wrong base).
+  auto none = run_command("timeout 60 " + cli + " push --discover --discover-timeout 2 --base-id " +
+                          std::string(32, 'f') + " '" + t + "/app.vmo'");
+  EXPECT_EQ(none.exit_code, 4) << none.output;
+  EXPECT_NE(none.output.find("holds base VM"), std::string::npos) << none.output;
+
+  d.stop();  // SIGTERM: the service is withdrawn before the daemon exits
+  nlohmann::json after = discover_json("--timeout 1");
+  for (int attempt = 0; attempt < 5 && !daemon_in(after).is_null(); ++attempt) {  // caches drop it after the goodbye
+    after = discover_json("--timeout 1");
+  }
+  EXPECT_TRUE(daemon_in(after).is_null()) << "a stopped vmsynthd is still advertised: " << after.dump(2);
+  EXPECT_NE(d.log().find("stopped"), std::string::npos) << d.log();
 }
 
 TEST_F(DiscoveryTest, SameNameGetsAnAlternativeAndBothAreBrowsed) {
