@@ -59,8 +59,8 @@ DAEMON_PORT = 8470
 
 # name:memory MiB:disk MiB (typical profile); the overlay sizes they give
 # (about 5, 20 and 60 MB) are measured and recorded, not assumed.
-DEFAULT_PAIRS = "5mb:24:96,20mb:96:384,60mb:288:1152"
-QUICK_PAIRS = "5mb:24:96"
+DEFAULT_PAIRS = "5mb:28:112,20mb:104:416,60mb:320:1280"
+QUICK_PAIRS = "5mb:28:112"
 
 
 def parse_args(argv=None):
@@ -79,6 +79,7 @@ def parse_args(argv=None):
     ap.add_argument("--hammer-seconds", type=float, default=None, help="per mode; default 12 (quick 4)")
     ap.add_argument("--limiter", choices=["auto", "netns", "sender"], default="auto")
     ap.add_argument("--no-syscalls", action="store_true", help="skip the perf syscall count of one upload per path")
+    ap.add_argument("--markdown", default="", metavar="RESULT.json", help="print a result's tables (docs/performance.md)")
     # internal modes
     ap.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--netns", default="", help=argparse.SUPPRESS)
@@ -211,6 +212,7 @@ def probe_main(a):
     out = []
     while not stop.is_set():
         t = time.perf_counter()
+        wall = time.time()
         try:
             c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
             c.request("GET", "/v1/health")
@@ -221,7 +223,7 @@ def probe_main(a):
         except Exception:  # noqa: BLE001 - a failed probe is a result
             ok = False
         dt = time.perf_counter() - t
-        out.append([round(time.time(), 4), round(dt * 1000, 3), ok])
+        out.append([round(wall, 4), round(dt * 1000, 3), ok])
         rest = a.probe_interval - dt
         if rest > 0:
             stop.wait(rest)
@@ -294,6 +296,7 @@ class Daemon:
                 raise SystemExit(f"vmsynthd did not answer /v1/health within 120 s; see {logpath}")
             time.sleep(0.05)
         self.pid = self.proc.pid
+        self.slow = []
 
     def status(self, key):
         for line in open(f"/proc/{self.pid}/status"):
@@ -311,10 +314,47 @@ class Daemon:
         except OSError:
             return False
 
+    def stacks(self):
+        """Where each daemon thread is blocked: /proc/PID/task/*/{comm,wchan,stack}."""
+        out = {}
+        for tid in os.listdir(f"/proc/{self.pid}/task"):
+            t = f"/proc/{self.pid}/task/{tid}"
+            try:
+                out[tid] = {"comm": open(t + "/comm").read().strip(), "wchan": open(t + "/wchan").read().strip(),
+                            "stack": open(t + "/stack").read().splitlines()[:12]}
+            except OSError:
+                pass
+        return out
+
+    def managed(self, method, path):
+        """A management request (untimed); one slower than 5 s is recorded with the daemon's thread stacks."""
+        box = {}
+
+        def go():
+            try:
+                box["r"] = http_request(method, path, timeout=300)
+            except Exception as e:  # noqa: BLE001
+                box["e"] = e
+
+        t0 = time.monotonic()
+        th = threading.Thread(target=go)
+        th.start()
+        th.join(5.0)
+        if th.is_alive():
+            st = self.stacks()
+            th.join()
+            self.slow.append({"request": f"{method} {path}", "seconds": time.monotonic() - t0,
+                              "at_unix": time.time(), "loadavg": open("/proc/loadavg").read().split()[:3],
+                              "stacks_after_5s": {k: v for k, v in st.items() if v["wchan"] not in ("0",)}})
+            log(f"slow daemon request: {method} {path} took {time.monotonic() - t0:.1f} s")
+        if "e" in box:
+            raise box["e"]
+        return box["r"]
+
     def delete_all(self):
-        st, body = http_request("GET", "/v1/vms")
+        st, body = self.managed("GET", "/v1/vms")
         for r in json.loads(body):
-            http_request("DELETE", "/v1/vms/" + r["id"])
+            self.managed("DELETE", "/v1/vms/" + r["id"])
 
     def stop(self):
         if self.proc.poll() is None:
@@ -618,10 +658,37 @@ def start_probe(a, port=DAEMON_PORT):
 def stop_probe(p):
     p.send_signal(signal.SIGTERM)
     out, _ = p.communicate(timeout=60)
-    v = json.loads(out)
+    return json.loads(out)
+
+
+def probe_stats(samples, window):
+    """The prober's samples that started inside window [w0, w1] (wall clock)."""
+    v = [x for x in samples if window[0] <= x[0] <= window[1]]
     lat = [x[1] for x in v]
     return {"n": len(v), "failed": sum(1 for x in v if not x[2]), "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99),
             "max_ms": max(lat) if lat else None, "samples": v}
+
+
+TCP_COUNTERS = ("ListenOverflows", "ListenDrops", "TCPSynRetrans", "TCPTimeouts")
+
+
+def tcp_counters():
+    """TcpExt counters of this network namespace (/proc/net/netstat)."""
+    lines = [l.split() for l in open("/proc/net/netstat") if l.startswith("TcpExt:")]
+    if len(lines) < 2:
+        return {}
+    vals = dict(zip(lines[0][1:], lines[1][1:]))
+    return {k: int(vals[k]) for k in TCP_COUNTERS if k in vals}
+
+
+def counters_delta(before, after):
+    return {k: after[k] - before.get(k, 0) for k in after}
+
+
+def listen_backlog():
+    r = subprocess.run(["ss", "-Hltn", f"sport = :{DAEMON_PORT}"], capture_output=True, text=True)
+    f = r.stdout.split()
+    return {"ss": r.stdout.strip(), "backlog": int(f[2]) if len(f) >= 3 and f[2].isdigit() else None}
 
 
 def part2(a, d, pairs, res):
@@ -630,11 +697,10 @@ def part2(a, d, pairs, res):
     conc = res["concurrency"]
     conc["pair"] = a.conc_pair
     conc["overlay_bytes"] = ob
-    # Idle baseline of the prober.
-    pr = start_probe(a)
-    time.sleep(2.0 if not a.quick else 1.0)
-    conc["health_idle"] = stop_probe(pr)
-    log(f"health idle: p50 {conc['health_idle']['p50_ms']:.2f} ms, p99 {conc['health_idle']['p99_ms']:.2f} ms")
+    # Idle baseline of the prober (which runs through parts 2 and 3).
+    w0 = time.time()
+    time.sleep(3.0 if not a.quick else 1.5)
+    conc["health_idle_window"] = [w0, time.time()]
     conc["runs"] = {str(n): [] for n in a.concurrency}
     for rep in range(a.conc_reps):
         for n in (a.concurrency if rep % 2 == 0 else list(reversed(a.concurrency))):
@@ -645,10 +711,9 @@ def part2(a, d, pairs, res):
             rss0 = d.status("VmRSS")
             sampler = RssSampler(d)
             sampler.start()
-            pr = start_probe(a)
-            time.sleep(0.3)
+            w0 = time.time()
             rs = run_concurrent(d, p["overlay"], n)
-            health = stop_probe(pr)
+            w1 = time.time()
             sampler.finish()
             hwm = d.status("VmHWM")
             bad = [r for r in rs if r["status"] != 201]
@@ -661,12 +726,11 @@ def part2(a, d, pairs, res):
                                           for r in rs],
                    "rss_before_kib": rss0, "vm_hwm_kib": hwm if hwm_ok else None,
                    "sampled_max_rss_kib": sampler.max_rss_kib, "max_threads": sampler.max_threads,
-                   "health": health}
+                   "window": [w0, w1]}
             conc["runs"][str(n)].append(run)
             log(f"{n} clients rep {rep + 1}: {run['aggregate_mb_s']:.1f} MB/s aggregate, session median "
                 f"{median(run['session_sender_s']):.2f} s max {max(run['session_sender_s']):.2f} s, HWM "
-                f"{(hwm or 0) / 1024:.0f} MiB, health p50 {health['p50_ms']:.1f} p99 {health['p99_ms']:.1f} "
-                f"max {health['max_ms']:.1f} ms, failed {len(bad)}")
+                f"{(hwm or 0) / 1024:.0f} MiB, failed {len(bad)}")
             write_partial(a, res)
     d.delete_all()
 
@@ -677,7 +741,7 @@ def summarize_part2(res):
         if not runs:
             continue
         sess = [x for r in runs for x in r["session_sender_s"]]
-        hl = [x[1] for r in runs for x in r["health"]["samples"]]
+        hl = [x[1] for r in runs for x in r["health"]["samples"]]  # filled by attach_health
         out[n] = {"aggregate_mb_s_median": median([r["aggregate_mb_s"] for r in runs]),
                   "session_s_median": median(sess), "session_s_max": max(sess),
                   "vm_hwm_mib_max": max((r["vm_hwm_kib"] or 0) for r in runs) / 1024,
@@ -704,9 +768,10 @@ def part3(a, d, pairs, res):
         # 4 processes of clients/4 threads each: one Python process's GIL would be the bottleneck.
         nproc = 4 if a.hammer_clients >= 4 else 1
         per = [a.hammer_clients // nproc + (1 if i < a.hammer_clients % nproc else 0) for i in range(nproc)]
+        c0 = tcp_counters()
+        w0 = time.time()
         hams = [subprocess.Popen([sys.executable, os.path.abspath(__file__), "--hammer", f"{DAEMON_PORT}:{k}:{mode}"],
                                  stdout=subprocess.PIPE) for k in per]
-        pr = start_probe(a)
         time.sleep(1.0)
         t_up = time.perf_counter()
         rs = run_concurrent(d, p["overlay"], 8)
@@ -724,21 +789,23 @@ def part3(a, d, pairs, res):
                 lat.extend(l)
             for e in v["errors"]:
                 errs.extend(e)
-        health = stop_probe(pr)
+        w1 = time.time()
+        tcp = counters_delta(c0, tcp_counters())
         sampler.finish()
         bad = [r for r in rs if r["status"] != 201]
         e = {"mode": mode, "requests_ok": len(lat), "requests_failed": len(errs),
              "error_kinds": sorted({x.split(":")[0] for x in errs}), "errors_sample": errs[:10],
              "latency_p50_ms": pct(lat, 50), "latency_p99_ms": pct(lat, 99), "latency_max_ms": max(lat) if lat else None,
-             "over_1s": sum(1 for x in lat if x >= 1000),
+             "over_1s": sum(1 for x in lat if x >= 1000), "over_3s": sum(1 for x in lat if x >= 3000),
+             "tcp_counters_delta": tcp, "listen": listen_backlog(),
              "latency_ms_all": lat, "uploads_failed": len(bad), "upload_errors": [r["response"] for r in bad][:4],
              "upload_sender_s": [r["sender_s"] for r in rs], "uploads_wall_s": t_up,
              "upload_receiver_s": [r["response"].get("timings", {}).get("first_byte_to_synthesized_s") for r in rs],
-             "vm_hwm_kib": d.status("VmHWM"), "max_threads": sampler.max_threads, "prober": health}
+             "vm_hwm_kib": d.status("VmHWM"), "max_threads": sampler.max_threads, "window": [w0, w1]}
         h[mode] = e
         log(f"64 clients ({mode}): {len(lat)} ok, {len(errs)} failed {e['error_kinds']}, p50 {e['latency_p50_ms']} "
             f"p99 {e['latency_p99_ms']} max {e['latency_max_ms']} ms, >=1 s: {e['over_1s']}; uploads failed "
-            f"{len(bad)}, median {median(e['upload_sender_s']):.2f} s; prober p99 {health['p99_ms']} ms")
+            f"{len(bad)}, median {median(e['upload_sender_s']):.2f} s; TCP {tcp}")
         write_partial(a, res)
     d.delete_all()
 
@@ -783,6 +850,19 @@ def syscalls(a, cli, env, d, pairs, res):
         f"{dc.get('context-switches')} cs; CLI {cc.get(ev[1])} read, {cc.get('context-switches')} cs")
 
 
+def attach_health(res, samples):
+    conc = res["concurrency"]
+    if "health_idle_window" in conc:
+        conc["health_idle"] = probe_stats(samples, conc["health_idle_window"])
+    for runs in conc.get("runs", {}).values():
+        for r in runs:
+            r["health"] = probe_stats(samples, r["window"])
+    for mode in ("new", "keepalive"):
+        if mode in res["hammer"]:
+            res["hammer"][mode]["prober"] = probe_stats(samples, res["hammer"][mode]["window"])
+    res["health_prober_all"] = samples
+
+
 def write_partial(a, res):
     tmp = a.out + ".partial"
     with open(tmp, "w") as f:
@@ -823,23 +903,33 @@ def inner_main(a):
         link.set(None)
         if not a.no_syscalls:
             syscalls(a, cli, env, d, pairs, res)
-        part2(a, d, pairs, res)
-        part3(a, d, pairs, res)
+        prober = start_probe(a)
+        try:
+            part2(a, d, pairs, res)
+            part3(a, d, pairs, res)
+        finally:
+            samples = stop_probe(prober)
+        attach_health(res, samples)
     finally:
         link.set(None)
         d.stop()
         shutil.rmtree(os.path.join(a.data, "out-cli"), ignore_errors=True)
         shutil.rmtree(state, ignore_errors=True)
+    res["slow_management_requests"] = d.slow
     res["daemon_log_tail"] = open(os.path.join(a.data, "vmsynthd.log")).read().splitlines()[-20:]
     res["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
     res["elapsed_s"] = time.time() - t_start
     res["summary"] = {"per_link": summarize_part1(res), "concurrency": summarize_part2(res)}
+    if "health_idle" in res["concurrency"]:
+        hi = res["concurrency"]["health_idle"]
+        res["summary"]["health_idle"] = {k: hi[k] for k in ("n", "failed", "p50_ms", "p99_ms", "max_ms")}
     for mode in ("new", "keepalive"):
         if mode in res["hammer"]:
             e = res["hammer"][mode]
             res["summary"].setdefault("hammer", {})[mode] = {
                 k: e[k] for k in ("requests_ok", "requests_failed", "error_kinds", "latency_p50_ms", "latency_p99_ms",
-                                  "latency_max_ms", "over_1s", "uploads_failed")}
+                                  "latency_max_ms", "over_1s", "over_3s", "uploads_failed", "tcp_counters_delta")}
+            res["summary"]["hammer"][mode]["prober_p50_ms"] = e["prober"]["p50_ms"]
             res["summary"]["hammer"][mode]["prober_p99_ms"] = e["prober"]["p99_ms"]
             res["summary"]["hammer"][mode]["upload_sender_s_median"] = median(e["upload_sender_s"])
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
@@ -902,8 +992,59 @@ def outer_main(a):
             subprocess.run(["ip", "netns", "del", ns], stderr=subprocess.DEVNULL)
 
 
+def markdown_main(path):
+    r = json.load(open(path))
+    sm = r["summary"]
+    f = lambda x, d=0: "–" if x is None else f"{x:.{d}f}"
+    print(f"Result: `{os.path.relpath(path, here)}` (commit {r['commit']}{', dirty tree' if r['git_dirty'] else ''}; "
+          f"limiter: {r['limiter']['kind']}; {r['config']['reps']} reps; load average "
+          f"{r['loadavg_start'][0]} at start, {r['loadavg_end'][0]} at end).\n")
+    print("| link | pair (overlay) | receiver: daemon | CLI | daemon − CLI | paired median | sender: daemon | CLI "
+          "| daemon − CLI | paired median |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for key, L in sm["per_link"].items():
+        chk = r["per_link"][key]["link_check"]["mbit_s"]
+        for name, e in L.items():
+            ob = r["pairs"][name]["overlay_bytes"] / 1e6
+            rc, sd = e["receiver"], e["sender"]
+            print(f"| {key} ({chk:.0f}) | {name} ({ob:.1f} MB) | {f(rc['daemon_median_ms'])} | {f(rc['cli_median_ms'])} "
+                  f"| **{f(rc['daemon_minus_cli_ms'])}** | {f(rc['median_paired_daemon_minus_cli_ms'])} "
+                  f"| {f(sd['daemon_median_ms'])} | {f(sd['cli_median_ms'])} | **{f(sd['daemon_minus_cli_ms'])}** "
+                  f"| {f(sd['median_paired_daemon_minus_cli_ms'])} |")
+    print()
+    c = sm["concurrency"]
+    ob = r["concurrency"]["overlay_bytes"] / 1e6
+    print(f"Concurrency (pair {r['concurrency']['pair']}, {ob:.1f} MB overlay, unshaped loopback):\n")
+    print("| clients | aggregate MB/s | session median s | session max s | daemon peak RSS MiB (VmHWM) "
+          "| /v1/health p50 ms | p99 ms | max ms | probes | failures |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    hi = sm.get("health_idle")
+    if hi:
+        print(f"| 0 (idle) | – | – | – | {r['daemon_rss_idle_kib'] / 1024:.0f} (VmRSS) | {f(hi['p50_ms'], 1)} "
+              f"| {f(hi['p99_ms'], 1)} | {f(hi['max_ms'], 1)} | {hi['n']} | {hi['failed']} |")
+    for n, e in c.items():
+        print(f"| {n} | {f(e['aggregate_mb_s_median'], 1)} | {f(e['session_s_median'], 2)} | {f(e['session_s_max'], 2)} "
+              f"| {f(e['vm_hwm_mib_max'])} | {f(e['health_p50_ms'], 1)} | {f(e['health_p99_ms'], 1)} "
+              f"| {f(e['health_max_ms'], 1)} | {e['health_probes']} | {e['failed'] + e['health_failed']} |")
+    print()
+    h = sm.get("hammer", {})
+    if h:
+        print(f"{r['hammer']['clients']} clients looping GET /v1/health + 8 uploads ({r['hammer']['pair']}):\n")
+        print("| mode | requests ok | failed | p50 ms | p99 ms | max ms | ≥ 1 s | ListenOverflows | SYN retransmits "
+              "| prober p99 ms | uploads failed | upload median s |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for mode, e in h.items():
+            t = e["tcp_counters_delta"]
+            print(f"| {mode} | {e['requests_ok']} | {e['requests_failed']} | {f(e['latency_p50_ms'], 1)} "
+                  f"| {f(e['latency_p99_ms'], 0)} | {f(e['latency_max_ms'], 0)} | {e['over_1s']} "
+                  f"| {t.get('ListenOverflows')} | {t.get('TCPSynRetrans')} | {f(e['prober_p99_ms'], 0)} "
+                  f"| {e['uploads_failed']} | {f(e['upload_sender_s_median'], 2)} |")
+
+
 def main():
     a = parse_args()
+    if a.markdown:
+        return markdown_main(a.markdown)
     # SIGTERM unwinds like ^C: the finally blocks remove the namespace and end the daemon.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143)) if not (a.probe or a.hammer) else None
     if a.probe:
