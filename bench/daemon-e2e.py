@@ -78,6 +78,9 @@ def parse_args(argv=None):
     ap.add_argument("--hammer-clients", type=int, default=64)
     ap.add_argument("--hammer-seconds", type=float, default=None, help="per mode; default 12 (quick 4)")
     ap.add_argument("--limiter", choices=["auto", "netns", "sender"], default="auto")
+    ap.add_argument("--outputs-on", choices=["tmpfs", "disk"], default="tmpfs",
+                    help="synthesized VMs (daemon state, CLI --out): a tmpfs mounted in the namespace's private "
+                         "mount namespace (default with the netns limiter), or --data's file system")
     ap.add_argument("--no-syscalls", action="store_true", help="skip the perf syscall count of one upload per path")
     ap.add_argument("--markdown", default="", metavar="RESULT.json", help="print a result's tables (docs/performance.md)")
     # internal modes
@@ -387,8 +390,12 @@ class RssSampler(threading.Thread):
         self.join()
 
 
+SYNC = [True]  # False when the outputs are on a tmpfs: nothing of ours to write back
+
+
 def sync():
-    subprocess.run(["sync"], check=True)
+    if SYNC[0]:
+        subprocess.run(["sync"], check=True)
 
 
 def commit_of():
@@ -401,7 +408,7 @@ def commit_of():
 def machine(data):
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     fs = subprocess.run(["stat", "-f", "-c", "%T", data], capture_output=True, text=True).stdout.strip()
-    mnt = subprocess.run(["findmnt", "-n", "-o", "FSTYPE,SOURCE", "-T", data], capture_output=True,
+    mnt = subprocess.run(["findmnt", "-n", "-o", "FSTYPE,SOURCE,OPTIONS", "-T", data], capture_output=True,
                          text=True).stdout.strip()
     return {"cpus": os.cpu_count(), "cpu": cpu, "kernel": platform.release(),
             "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
@@ -572,26 +579,29 @@ def link_check(link, nbytes):
 
 # ------------------------------------------------------------- experiments --
 
-def part1(a, cli, env, d, link, pairs, res):
-    """Daemon vs CLI per (rate, pair)."""
-    outdir = os.path.join(a.data, "out-cli")
-    samples = res["per_link"]
+def warm_up(a, cli, env, d, pairs):
+    outdir = os.path.join(a.outputs, "out-cli")
     log("warm-up: one untimed run of each path per pair")
-    link.set(None)
     for name, p in pairs.items():
         run_cli(cli, p["base"], p["overlay"], outdir, env)
         shutil.rmtree(outdir, ignore_errors=True)
         run_daemon(d, p["overlay"])
         d.delete_all()
-    for rate in a.rates:
-        link.set(rate)
-        key = f"{rate:g}mbit"
-        chk = link_check(link, int(min(16 << 20, rate * 1e6 / 8 * 1.5)))
-        samples[key] = {"rate_mbit": rate, "qdisc": link.describe(), "link_check": chk, "pairs": {}}
-        log(f"link {key}: {link.describe()}; raw TCP check {chk['mbit_s']:.1f} Mbit/s")
-        for name in pairs:
-            samples[key]["pairs"][name] = {"daemon": [], "cli": []}
-        for rep in range(a.reps):
+
+
+def part1(a, cli, env, d, link, pairs, res):
+    """Daemon vs CLI per (rate, pair); repetition-major, so that a cut-short run has every rate."""
+    outdir = os.path.join(a.outputs, "out-cli")
+    samples = res["per_link"]
+    for rep in range(a.reps):
+        for rate in a.rates:
+            link.set(rate)
+            key = f"{rate:g}mbit"
+            if key not in samples:
+                chk = link_check(link, int(min(16 << 20, rate * 1e6 / 8 * 1.5)))
+                samples[key] = {"rate_mbit": rate, "qdisc": link.describe(), "link_check": chk,
+                                "pairs": {name: {"daemon": [], "cli": []} for name in pairs}}
+                log(f"link {key}: {link.describe()}; raw TCP check {chk['mbit_s']:.1f} Mbit/s")
             for i, (name, p) in enumerate(pairs.items()):
                 order = ["daemon", "cli"] if (rep + i) % 2 == 0 else ["cli", "daemon"]
                 for path in order:
@@ -608,8 +618,8 @@ def part1(a, cli, env, d, link, pairs, res):
                     log(f"{key} {name} rep {rep + 1}/{a.reps} {path:6}: receiver {r['receiver_s'] * 1000:8.1f} ms, "
                         f"sender {r['sender_s'] * 1000:8.1f} ms (load {la:.1f})")
                 write_partial(a, res)
-        d.delete_all()
-        shutil.rmtree(outdir, ignore_errors=True)
+    d.delete_all()
+    shutil.rmtree(outdir, ignore_errors=True)
     link.set(None)
 
 
@@ -819,7 +829,7 @@ def syscalls(a, cli, env, d, pairs, res):
         return
     name = a.conc_pair
     p = pairs[name]
-    outdir = os.path.join(a.data, "out-cli")
+    outdir = os.path.join(a.outputs, "out-cli")
     d.delete_all()
     sync()
     po = os.path.join(a.data, "daemon.perf")
@@ -865,12 +875,26 @@ def attach_health(res, samples):
 
 def write_partial(a, res):
     tmp = a.out + ".partial"
+    try:
+        res["summary_so_far"] = {"per_link": summarize_part1(res)}
+    except (KeyError, ValueError, TypeError):
+        pass
+    res["slow_management_requests"] = res.get("slow_management_requests", [])
     with open(tmp, "w") as f:
         json.dump(res, f, indent=1)
 
 
 def inner_main(a):
     cli = os.path.join(a.build, "cli", "vmsynth")
+    outputs = a.data
+    if a.netns and a.outputs_on == "tmpfs":
+        # `ip netns exec` runs us in a private mount namespace (slave of the host's): this tmpfs is
+        # invisible outside and goes away with the last process in it.
+        outputs = os.path.join(a.data, "tmpfs-outputs")
+        os.makedirs(outputs, exist_ok=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16g,mode=0700", "vmsynth-bench", outputs], check=True)
+    a.outputs = outputs
+    SYNC[0] = outputs == a.data
     env = dict(os.environ, VMSYNTH_CACHE_DIR=os.path.join(a.data, "cli-cache"))
     pairs = ensure_pairs(a, cli)
     for n, p in pairs.items():
@@ -880,6 +904,9 @@ def inner_main(a):
     t_start = time.time()
     res = {"benchmark": "daemon-e2e", "date": str(datetime.date.today()), "commit": commit, "git_dirty": dirty,
            "machine": machine(a.data), "quick": a.quick,
+           "outputs": {"where": a.outputs_on if a.outputs != a.data else "disk", "dir": a.outputs,
+                       "filesystem": machine(a.outputs)["filesystem"], "mount": machine(a.outputs)["mount"],
+                       "why": "the synthesized VMs; the bases and overlays stay in --data (page cache warm)"},
            "limiter": {"kind": link.kind, "netns": a.netns or None,
                        "how": ("tc tbf on lo of a private network namespace; daemon, CLI and senders all inside"
                                if link.kind == "netns" else
@@ -894,15 +921,14 @@ def inner_main(a):
                      "synthesized only)",
            "pairs": pairs, "loadavg_start": open("/proc/loadavg").read().split()[:3],
            "per_link": {}, "concurrency": {}, "hammer": {}}
-    state = os.path.join(a.data, "state")
+    state = os.path.join(a.outputs, "state")
     shutil.rmtree(state, ignore_errors=True)
     d = Daemon(a.build, os.path.join(a.data, "bases"), state, os.path.join(a.data, "vmsynthd.log"))
     res["daemon_rss_idle_kib"] = d.status("VmRSS")
     try:
-        part1(a, cli, env, d, link, pairs, res)
         link.set(None)
-        if not a.no_syscalls:
-            syscalls(a, cli, env, d, pairs, res)
+        warm_up(a, cli, env, d, pairs)
+        # Concurrency first (unshaped, minutes), then the long shaped comparison.
         prober = start_probe(a)
         try:
             part2(a, d, pairs, res)
@@ -910,11 +936,17 @@ def inner_main(a):
         finally:
             samples = stop_probe(prober)
         attach_health(res, samples)
+        if not a.no_syscalls:
+            syscalls(a, cli, env, d, pairs, res)
+        part1(a, cli, env, d, link, pairs, res)
+        link.set(None)
     finally:
         link.set(None)
         d.stop()
-        shutil.rmtree(os.path.join(a.data, "out-cli"), ignore_errors=True)
+        shutil.rmtree(os.path.join(a.outputs, "out-cli"), ignore_errors=True)
         shutil.rmtree(state, ignore_errors=True)
+        if a.outputs != a.data:
+            subprocess.run(["umount", a.outputs])
     res["slow_management_requests"] = d.slow
     res["daemon_log_tail"] = open(os.path.join(a.data, "vmsynthd.log")).read().splitlines()[-20:]
     res["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
@@ -950,6 +982,20 @@ def netns_usable():
     return True
 
 
+def run_child(cmd):
+    """Runs the measuring process; on our SIGTERM/^C it gets SIGTERM and 30 s to clean up."""
+    child = subprocess.Popen(cmd)
+    try:
+        return child.wait()
+    finally:
+        if child.poll() is None:
+            child.terminate()
+            try:
+                child.wait(30)
+            except subprocess.TimeoutExpired:
+                pass
+
+
 def outer_main(a):
     cli = os.path.join(a.build, "cli", "vmsynth")
     for f in (cli, os.path.join(a.build, "cloudlet", "vmsynthd")):
@@ -962,7 +1008,7 @@ def outer_main(a):
     argv = [sys.executable, os.path.abspath(__file__), "--inner"] + [x for x in sys.argv[1:] if x != "--inner"]
     if kind == "sender":
         log("limiter: sender-side token bucket (no root, ip or tc)")
-        return subprocess.call(argv)
+        return run_child(argv)
     ns = f"vmsynth-bench-{os.getpid()}"
     try:
         subprocess.run(["ip", "netns", "add", ns], check=True)
@@ -976,10 +1022,10 @@ def outer_main(a):
             log(f"tc failed ({t.stderr.strip()}); limiter: sender-side token bucket")
             subprocess.run(["ip", "netns", "del", ns])
             ns = None
-            return subprocess.call(argv)
+            return run_child(argv)
         subprocess.run(["ip", "netns", "exec", ns, "tc", "qdisc", "del", "dev", "lo", "root"], check=True)
         log(f"limiter: tc tbf on lo in network namespace {ns}")
-        return subprocess.call(["ip", "netns", "exec", ns] + argv + ["--netns", ns])
+        return run_child(["ip", "netns", "exec", ns] + argv + ["--netns", ns])
     finally:
         if ns:
             # Whatever still runs in our namespace was started by us: end it, then remove the namespace.
