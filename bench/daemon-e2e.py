@@ -308,6 +308,10 @@ class Daemon:
                 return int(v)
         return None
 
+    def memory(self):
+        """VmRSS split into anonymous, file-backed and shared memory (KiB), and the thread count."""
+        return {k: self.status(k) for k in ("VmRSS", "RssAnon", "RssFile", "RssShmem", "VmHWM", "Threads")}
+
     def reset_hwm(self):
         # Writing 5 to clear_refs resets VmHWM to the current RSS (proc(5)).
         try:
@@ -734,7 +738,7 @@ def part2(a, d, pairs, res):
                    "session_sender_s": [r["sender_s"] for r in rs],
                    "session_receiver_s": [r["response"].get("timings", {}).get("first_byte_to_synthesized_s")
                                           for r in rs],
-                   "rss_before_kib": rss0, "vm_hwm_kib": hwm if hwm_ok else None,
+                   "rss_before_kib": rss0, "vm_hwm_kib": hwm if hwm_ok else None, "memory_after": d.memory(),
                    "sampled_max_rss_kib": sampler.max_rss_kib, "max_threads": sampler.max_threads,
                    "window": [w0, w1]}
             conc["runs"][str(n)].append(run)
@@ -811,7 +815,8 @@ def part3(a, d, pairs, res):
              "latency_ms_all": lat, "uploads_failed": len(bad), "upload_errors": [r["response"] for r in bad][:4],
              "upload_sender_s": [r["sender_s"] for r in rs], "uploads_wall_s": t_up,
              "upload_receiver_s": [r["response"].get("timings", {}).get("first_byte_to_synthesized_s") for r in rs],
-             "vm_hwm_kib": d.status("VmHWM"), "max_threads": sampler.max_threads, "window": [w0, w1]}
+             "vm_hwm_kib": d.status("VmHWM"), "max_threads": sampler.max_threads, "window": [w0, w1],
+             "memory_after": d.memory()}
         h[mode] = e
         log(f"64 clients ({mode}): {len(lat)} ok, {len(errs)} failed {e['error_kinds']}, p50 {e['latency_p50_ms']} "
             f"p99 {e['latency_p99_ms']} max {e['latency_max_ms']} ms, >=1 s: {e['over_1s']}; uploads failed "
@@ -925,6 +930,7 @@ def inner_main(a):
     shutil.rmtree(state, ignore_errors=True)
     d = Daemon(a.build, os.path.join(a.data, "bases"), state, os.path.join(a.data, "vmsynthd.log"))
     res["daemon_rss_idle_kib"] = d.status("VmRSS")
+    res["daemon_memory_at_start"] = d.memory()
     try:
         link.set(None)
         warm_up(a, cli, env, d, pairs)
@@ -948,6 +954,7 @@ def inner_main(a):
         if a.outputs != a.data:
             subprocess.run(["umount", a.outputs])
     res["slow_management_requests"] = d.slow
+    res["daemon_memory_at_end"] = d.memory()
     res["daemon_log_tail"] = open(os.path.join(a.data, "vmsynthd.log")).read().splitlines()[-20:]
     res["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
     res["elapsed_s"] = time.time() - t_start
