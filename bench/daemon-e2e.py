@@ -946,6 +946,7 @@ def inner_main(a):
             syscalls(a, cli, env, d, pairs, res)
         part1(a, cli, env, d, link, pairs, res)
         link.set(None)
+        res["daemon_memory_at_end"] = d.memory()
     finally:
         link.set(None)
         d.stop()
@@ -954,7 +955,6 @@ def inner_main(a):
         if a.outputs != a.data:
             subprocess.run(["umount", a.outputs])
     res["slow_management_requests"] = d.slow
-    res["daemon_memory_at_end"] = d.memory()
     res["daemon_log_tail"] = open(os.path.join(a.data, "vmsynthd.log")).read().splitlines()[-20:]
     res["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
     res["elapsed_s"] = time.time() - t_start
