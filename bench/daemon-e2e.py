@@ -55,7 +55,9 @@ import threading
 import time
 
 here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DAEMON_PORT = 8470
+# In our own namespace the daemon's default port is free; on the host (the sender-side
+# fallback) the outer process picks a free one and passes it down.
+DAEMON_PORT = int(os.environ.get("VMSYNTH_BENCH_DAEMON_PORT", "0")) or 8470
 
 # name:memory MiB:disk MiB (typical profile); the overlay sizes they give
 # (about 5, 20 and 60 MB) are measured and recorded, not assumed.
@@ -424,6 +426,7 @@ def ensure_pairs(a, cli):
     pairs = {}
     bases = os.path.join(a.data, "bases")
     os.makedirs(bases, exist_ok=True)
+    os.makedirs(os.path.join(a.data, "pairs"), exist_ok=True)
     for name, mem, disk in a.pairs:
         d = os.path.join(a.data, "pairs", f"{name}-{mem}m-{disk}m")
         overlay = d + ".vmo"
@@ -989,9 +992,18 @@ def netns_usable():
     return True
 
 
-def run_child(cmd):
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def run_child(cmd, host_port=False):
     """Runs the measuring process; on our SIGTERM/^C it gets SIGTERM and 30 s to clean up."""
-    child = subprocess.Popen(cmd)
+    env = dict(os.environ, VMSYNTH_BENCH_DAEMON_PORT=str(free_port())) if host_port else None
+    child = subprocess.Popen(cmd, env=env)
     try:
         return child.wait()
     finally:
@@ -1015,7 +1027,7 @@ def outer_main(a):
     argv = [sys.executable, os.path.abspath(__file__), "--inner"] + [x for x in sys.argv[1:] if x != "--inner"]
     if kind == "sender":
         log("limiter: sender-side token bucket (no root, ip or tc)")
-        return run_child(argv)
+        return run_child(argv, host_port=True)
     ns = f"vmsynth-bench-{os.getpid()}"
     try:
         subprocess.run(["ip", "netns", "add", ns], check=True)
@@ -1029,7 +1041,7 @@ def outer_main(a):
             log(f"tc failed ({t.stderr.strip()}); limiter: sender-side token bucket")
             subprocess.run(["ip", "netns", "del", ns])
             ns = None
-            return run_child(argv)
+            return run_child(argv, host_port=True)
         subprocess.run(["ip", "netns", "exec", ns, "tc", "qdisc", "del", "dev", "lo", "root"], check=True)
         log(f"limiter: tc tbf on lo in network namespace {ns}")
         return run_child(["ip", "netns", "exec", ns] + argv + ["--netns", ns])
