@@ -83,6 +83,8 @@ def parse_args(argv=None):
     ap.add_argument("--outputs-on", choices=["tmpfs", "disk"], default="tmpfs",
                     help="synthesized VMs (daemon state, CLI --out): a tmpfs mounted in the namespace's private "
                          "mount namespace (default with the netns limiter), or --data's file system")
+    ap.add_argument("--daemon-arg", action="append", default=[], metavar="ARG",
+                    help="one more vmsynthd argument (repeatable), e.g. --daemon-arg=--synthesis-nice=0")
     ap.add_argument("--no-syscalls", action="store_true", help="skip the perf syscall count of one upload per path")
     ap.add_argument("--markdown", default="", metavar="RESULT.json", help="print a result's tables (docs/performance.md)")
     # internal modes
@@ -282,11 +284,11 @@ def hammer_main(a):
 # ----------------------------------------------------------------- helpers --
 
 class Daemon:
-    def __init__(self, build, bases, state, logpath):
+    def __init__(self, build, bases, state, logpath, extra=()):
         self.logf = open(logpath, "w")
         self.proc = subprocess.Popen(
             [os.path.join(build, "cloudlet", "vmsynthd"), "--listen", f"127.0.0.1:{DAEMON_PORT}", "--bases", bases,
-             "--state", state, "--no-mdns", "--max-sessions", "16"],
+             "--state", state, "--no-mdns", "--max-sessions", "16", *extra],
             stdout=self.logf, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 120
         while True:
@@ -924,14 +926,15 @@ def inner_main(a):
                       "hammer_seconds": a.hammer_seconds, "probe_interval_s": a.probe_interval,
                       "threads": "library default (0: one per core) on both paths",
                       "cli": "vmsynth synthesize --overlay tcp://127.0.0.1:PORT --json -q (we listen, it connects)",
-                      "daemon": "vmsynthd --no-mdns --max-sessions 16; POST /v1/vms, Content-Length, raw socket"},
+                      "daemon": "vmsynthd --no-mdns --max-sessions 16 " + " ".join(a.daemon_arg) +
+                                "; POST /v1/vms, Content-Length, raw socket"},
            "launch": "not measured: gen-pair VMs have no launchable machine description (first byte -> "
                      "synthesized only)",
            "pairs": pairs, "loadavg_start": open("/proc/loadavg").read().split()[:3],
            "per_link": {}, "concurrency": {}, "hammer": {}}
     state = os.path.join(a.outputs, "state")
     shutil.rmtree(state, ignore_errors=True)
-    d = Daemon(a.build, os.path.join(a.data, "bases"), state, os.path.join(a.data, "vmsynthd.log"))
+    d = Daemon(a.build, os.path.join(a.data, "bases"), state, os.path.join(a.data, "vmsynthd.log"), a.daemon_arg)
     res["daemon_rss_idle_kib"] = d.status("VmRSS")
     res["daemon_memory_at_start"] = d.memory()
     try:

@@ -3,8 +3,10 @@
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <httplib.h>
+#include <malloc.h>
 #include <netinet/in.h>
 #include <pwd.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
@@ -147,6 +149,28 @@ void shutdown_peer_socket(const std::string& addr, int port) {
   ::closedir(d);
 }
 
+// Runs `fn` on a thread of its own, `nice` steps below this thread's CPU
+// priority; the threads it starts inherit that (the library's engine thread,
+// and oneTBB's workers when they are first created). 0: on this thread.
+template <typename F>
+void run_niced(int nice, F&& fn) {
+  if (nice == 0) return fn();
+  std::exception_ptr failure;
+  std::thread t([&] {
+    const id_t tid = static_cast<id_t>(::gettid());
+    errno = 0;
+    const int now = ::getpriority(PRIO_PROCESS, tid);
+    if (errno == 0) ::setpriority(PRIO_PROCESS, tid, std::min(19, now + nice));
+    try {
+      fn();
+    } catch (...) {
+      failure = std::current_exception();
+    }
+  });
+  t.join();
+  if (failure) std::rethrow_exception(failure);
+}
+
 }  // namespace
 
 // ---- Sessions -----------------------------------------------------------
@@ -192,6 +216,7 @@ struct Daemon::Impl {
   std::unique_ptr<httplib::Server> server;
   int port = 0;
   bool tls = false;
+  int listen_fd = -1;             // the library's listening socket (see bind())
   std::optional<uid_t> qemu_uid;  // --qemu-user
   gid_t qemu_gid = 0;
 
@@ -323,12 +348,18 @@ struct Daemon::Impl {
   }
 
   void end_session(const std::shared_ptr<Session>& s) {
+    bool idle = false;
     {
       std::lock_guard lock(sessions_mu);
       sessions.erase(s->id);
       metrics.session_ended();
+      idle = sessions.empty();
     }
     sessions_cv.notify_all();
+    // Each session's buffers (feed ring, frames) come from malloc arenas
+    // that glibc keeps after they are freed; hand them back when idle, or a
+    // daemon that once ran 8 syntheses holds their peak for good.
+    if (idle) ::malloc_trim(0);
   }
 
   static void on_progress(void* ctx, const char* phase, uint64_t done, uint64_t total) {
@@ -425,7 +456,11 @@ struct Daemon::Impl {
         return false;
       }
       vmsynth_synth* raw = nullptr;
-      const int orc = vmsynth_synth_open(&raw, base->dir.c_str(), out_dir.c_str(), params.get());
+      int orc = VMSYNTH_E_INTERNAL;
+      // Synthesis below the API's priority: on a loaded host, health checks
+      // and status requests still answer at once (--synthesis-nice).
+      run_niced(cfg.synthesis_nice,
+                [&] { orc = vmsynth_synth_open(&raw, base->dir.c_str(), out_dir.c_str(), params.get()); });
       synth.reset(raw);
       if (orc != VMSYNTH_OK) {
         fail = failure_from_status(orc, raw != nullptr ? vmsynth_synth_error(raw) : "out of memory");
@@ -808,7 +843,7 @@ Daemon::Daemon(DaemonConfig cfg, Log log) : impl_(std::make_unique<Impl>(std::mo
   fs::create_directories(d.cache_dir, ec);
   d.vms = std::make_unique<VmRegistry>(d.cfg.state_dir + "/vms");
   d.recover();
-  d.bases = BaseRegistry::scan(d.cfg.bases_dir, d.cache_dir, d.log);
+  run_niced(d.cfg.synthesis_nice, [&] { d.bases = BaseRegistry::scan(d.cfg.bases_dir, d.cache_dir, d.log); });
   d.log("holding " + std::to_string(d.bases.all().size()) + " base VM(s) from " + d.cfg.bases_dir);
   d.group_cancel = vmsynth_cancel_new();
   if (d.group_cancel == nullptr) throw std::bad_alloc();
@@ -833,6 +868,17 @@ Daemon::Daemon(DaemonConfig cfg, Log log) : impl_(std::make_unique<Impl>(std::mo
   d.server->set_keep_alive_timeout(5);
   d.server->set_payload_max_length(d.cfg.max_overlay_bytes);
   d.server->set_tcp_nodelay(true);
+  // The library listens with a backlog of 5 (compiled into Debian's build):
+  // 64 clients connecting at once overflow it and wait for SYN retransmits
+  // (1 s, 3 s, ...). Its socket-options hook sees the listening socket
+  // before bind, so the socket is kept and bind() listens again on it with
+  // the system's limit. Address reuse as the library's default sets it, but
+  // not SO_REUSEPORT: no other process may bind the daemon's port.
+  d.server->set_socket_options([&d](int fd) {
+    int yes = 1;
+    ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+    d.listen_fd = fd;
+  });
   if (!d.tls && !is_loopback(d.cfg.listen_host)) {
     d.log("notice: serving " + d.cfg.listen_host +
           " without TLS: tokens, keys and unencrypted overlays cross the network in the clear (--tls-cert/--tls-key)");
@@ -856,6 +902,9 @@ int Daemon::bind() {
                                       " (in use, or not an address of this host)");
     }
     d.port = d.cfg.listen_port;
+  }
+  if (d.listen_fd >= 0 && ::listen(d.listen_fd, SOMAXCONN) != 0) {
+    d.log("notice: cannot raise the listen backlog: " + std::string(std::strerror(errno)));
   }
   if (d.cfg.mdns) {
     // Published once the port is known; avahi-daemon's absence is a notice,

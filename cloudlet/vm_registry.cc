@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <thread>
 
 #include "common/error.h"
 
@@ -155,9 +156,19 @@ std::optional<nlohmann::json> VmRegistry::take(const std::string& id) {
 }
 
 void VmRegistry::remove_dir(const std::string& id) const {
-  std::error_code ec;
-  fs::remove_all(dir_of(id), ec);
-  if (ec) throw Error(ErrorCode::kIo, "cannot remove '" + dir_of(id) + "': " + ec.message());
+  // Out of the way at once (a rename), then removed on a thread of its own:
+  // freeing gigabytes of extents can take seconds (tens with `discard`
+  // mounts), and nobody needs to wait for it. A removal cut short by a crash
+  // is finished by recover(), which removes every '.' entry.
+  const std::string doomed = vms_dir_ + "/." + id + ".deleting-" + random_hex(8);
+  if (::rename(dir_of(id).c_str(), doomed.c_str()) != 0) {
+    if (errno == ENOENT) return;
+    throw io_error("cannot remove the VM directory", dir_of(id), errno);
+  }
+  std::thread([doomed] {
+    std::error_code ec;
+    fs::remove_all(doomed, ec);
+  }).detach();
 }
 
 uint64_t VmRegistry::allocated_bytes() const { return allocated_under(vms_dir_); }

@@ -49,7 +49,8 @@ class VmRegistry {
   // Removes the record (memory and disk) and returns it; nullopt when there
   // is none (so of two concurrent deletes, one gets the record).
   std::optional<nlohmann::json> take(const std::string& id);
-  // Removes a VM directory whose record was taken. Throws kIo.
+  // Removes a VM directory whose record was taken: renamed aside now, its
+  // files freed in the background. Throws kIo when it cannot be renamed.
   void remove_dir(const std::string& id) const;
 
   // Bytes the state directory's VMs occupy on disk (allocated blocks).
