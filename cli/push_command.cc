@@ -24,21 +24,12 @@
 #include "cloudlet/discovery.h"
 #include "cloudlet/tokens.h"
 #include "common/error.h"
+#include "common/hex.h"
 #include "vmsynth/vmsynth.h"
 
 namespace vmsynth::cli {
 
 namespace {
-
-std::string hex(std::span<const std::byte> bytes) {
-  static constexpr char kDigits[] = "0123456789abcdef";
-  std::string s;
-  for (std::byte b : bytes) {
-    s += kDigits[std::to_integer<unsigned>(b) >> 4];
-    s += kDigits[std::to_integer<unsigned>(b) & 15];
-  }
-  return s;
-}
 
 // Prints a failed push (stderr, and stdout with --json) and returns its
 // exit status.
@@ -220,7 +211,7 @@ void add_push_command(CLI::App& app) {
           throw cloudlet::PushError(e.code(), e.message(), 0, "usage");
         }
         if (k.kind == codec::KeySpec::Kind::kRawKey) {
-          rq.key_hex = hex(k.secret.bytes());
+          rq.key_hex = to_hex(k.secret.bytes());
         } else {
           for (std::byte b : k.secret.bytes()) {
             const auto ch = std::to_integer<unsigned char>(b);

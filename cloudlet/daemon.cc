@@ -6,7 +6,6 @@
 #include <malloc.h>
 #include <netinet/in.h>
 #include <pwd.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
@@ -147,28 +146,6 @@ void shutdown_peer_socket(const std::string& addr, int port) {
     if (p == port && addr == host) ::shutdown(fd, SHUT_RDWR);
   }
   ::closedir(d);
-}
-
-// Runs `fn` on a thread of its own, `nice` steps below this thread's CPU
-// priority; the threads it starts inherit that (the library's engine thread,
-// and oneTBB's workers when they are first created). 0: on this thread.
-template <typename F>
-void run_niced(int nice, F&& fn) {
-  if (nice == 0) return fn();
-  std::exception_ptr failure;
-  std::thread t([&] {
-    const id_t tid = static_cast<id_t>(::gettid());
-    errno = 0;
-    const int now = ::getpriority(PRIO_PROCESS, tid);
-    if (errno == 0) ::setpriority(PRIO_PROCESS, tid, std::min(19, now + nice));
-    try {
-      fn();
-    } catch (...) {
-      failure = std::current_exception();
-    }
-  });
-  t.join();
-  if (failure) std::rethrow_exception(failure);
 }
 
 }  // namespace
@@ -456,11 +433,7 @@ struct Daemon::Impl {
         return false;
       }
       vmsynth_synth* raw = nullptr;
-      int orc = VMSYNTH_E_INTERNAL;
-      // Synthesis below the API's priority: on a loaded host, health checks
-      // and status requests still answer at once (--synthesis-nice).
-      run_niced(cfg.synthesis_nice,
-                [&] { orc = vmsynth_synth_open(&raw, base->dir.c_str(), out_dir.c_str(), params.get()); });
+      const int orc = vmsynth_synth_open(&raw, base->dir.c_str(), out_dir.c_str(), params.get());
       synth.reset(raw);
       if (orc != VMSYNTH_OK) {
         fail = failure_from_status(orc, raw != nullptr ? vmsynth_synth_error(raw) : "out of memory");
@@ -843,7 +816,7 @@ Daemon::Daemon(DaemonConfig cfg, Log log) : impl_(std::make_unique<Impl>(std::mo
   fs::create_directories(d.cache_dir, ec);
   d.vms = std::make_unique<VmRegistry>(d.cfg.state_dir + "/vms");
   d.recover();
-  run_niced(d.cfg.synthesis_nice, [&] { d.bases = BaseRegistry::scan(d.cfg.bases_dir, d.cache_dir, d.log); });
+  d.bases = BaseRegistry::scan(d.cfg.bases_dir, d.cache_dir, d.log);
   d.log("holding " + std::to_string(d.bases.all().size()) + " base VM(s) from " + d.cfg.bases_dir);
   d.group_cancel = vmsynth_cancel_new();
   if (d.group_cancel == nullptr) throw std::bad_alloc();

@@ -33,7 +33,6 @@ struct DaemonConfig {
   uint64_t max_state_bytes = 0;                     // VMs on disk, all told; 0: only free space limits
   bool mdns = true;
   unsigned threads = 0;                    // engine threads per synthesis; 0 = one per core
-  int synthesis_nice = 5;                  // synthesis this many nice steps below the API (0..19)
   std::string qemu_user;                   // run QEMU as this user (required when root)
   std::chrono::seconds idle_timeout{30};   // a sender silent this long is dropped
   std::chrono::seconds drain_timeout{20};  // SIGTERM: sessions' time to finish

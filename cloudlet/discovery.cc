@@ -21,6 +21,7 @@
 #include <utility>
 
 #include "common/error.h"
+#include "common/hex.h"
 
 namespace vmsynth::cloudlet {
 
@@ -98,13 +99,7 @@ std::string bases_digest(std::vector<std::string> base_ids) {
   if (EVP_Digest(text.data(), text.size(), md, &len, EVP_sha256(), nullptr) != 1) {
     throw Error(ErrorCode::kUnsupported, "SHA-256 is not available from libcrypto");
   }
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string out;
-  for (unsigned int i = 0; i < 8; ++i) {
-    out += kHex[md[i] >> 4];
-    out += kHex[md[i] & 15];
-  }
-  return out;
+  return to_hex(std::span<const uint8_t>(md, 8));
 }
 
 std::vector<std::string> txt_entries(bool tls, const std::vector<std::string>& base_ids) {

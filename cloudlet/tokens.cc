@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "common/error.h"
+#include "common/hex.h"
 
 namespace vmsynth::cloudlet {
 
@@ -21,22 +22,6 @@ std::array<uint8_t, 32> sha256(std::string_view s) {
   std::array<uint8_t, 32> d{};
   SHA256(reinterpret_cast<const unsigned char*>(s.data()), s.size(), d.data());
   return d;
-}
-
-bool parse_hex_digest(std::string_view hex, std::array<uint8_t, 32>& out) {
-  if (hex.size() != 64) return false;
-  auto nibble = [](char c) -> int {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-  };
-  for (size_t i = 0; i < 32; ++i) {
-    const int hi = nibble(hex[2 * i]), lo = nibble(hex[2 * i + 1]);
-    if (hi < 0 || lo < 0) return false;
-    out[i] = static_cast<uint8_t>(hi << 4 | lo);
-  }
-  return true;
 }
 
 bool printable_token(std::string_view t) {
@@ -85,7 +70,7 @@ TokenStore TokenStore::load(const std::string& path) {
     if (!names.insert(l.name).second) throw Error(ErrorCode::kUsage, where + ": duplicate name '" + l.name + "'");
     Entry e{l.name, {}};
     if (l.value.starts_with("sha256:")) {
-      if (!parse_hex_digest(std::string_view(l.value).substr(7), e.digest)) {
+      if (!from_hex(std::string_view(l.value).substr(7), e.digest)) {
         throw Error(ErrorCode::kUsage, where + ": 'sha256:' must be followed by 64 hex digits");
       }
     } else {

@@ -10,8 +10,10 @@
 #include <fstream>
 #include <random>
 #include <thread>
+#include <vector>
 
 #include "common/error.h"
+#include "common/hex.h"
 
 namespace vmsynth::cloudlet {
 
@@ -26,10 +28,9 @@ namespace {
 
 std::string random_hex(size_t digits) {
   static thread_local std::random_device rd;
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string s;
-  for (size_t i = 0; i < digits; ++i) s.push_back(kHex[rd() % 16]);
-  return s;
+  std::vector<uint8_t> bytes((digits + 1) / 2);
+  for (uint8_t& b : bytes) b = static_cast<uint8_t>(rd());
+  return to_hex(bytes).substr(0, digits);
 }
 
 uint64_t allocated_under(const fs::path& p) {

@@ -84,11 +84,6 @@ int main(int argc, char** argv) {
   app.add_option("--threads", cfg.threads, "engine threads per synthesis (0: one per core)")
       ->capture_default_str()
       ->check(CLI::Range(0u, 256u));
-  app.add_option("--synthesis-nice", cfg.synthesis_nice,
-                 "run synthesis this many nice steps below the HTTP API, so that health and status requests answer "
-                 "at once on a busy host (0: same priority)")
-      ->capture_default_str()
-      ->check(CLI::Range(0, 19));
   app.add_option("--qemu-user", cfg.qemu_user,
                  "unprivileged user QEMU runs as (required to launch VMs when vmsynthd runs as root)");
   app.add_option("--idle-timeout", idle, "seconds a connection may stay silent before it is dropped")

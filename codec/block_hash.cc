@@ -6,6 +6,8 @@
 #include <cstdlib>
 #include <vector>
 
+#include "common/hex.h"
+
 namespace vmsynth {
 
 namespace {
@@ -18,31 +20,9 @@ Hash128 from_xxh(XXH128_hash_t h) {
 }
 }  // namespace
 
-std::string Hash128::hex() const {
-  static const char* digits = "0123456789abcdef";
-  std::string s(32, '0');
-  for (size_t i = 0; i < 16; ++i) {
-    s[2 * i] = digits[bytes[i] >> 4];
-    s[2 * i + 1] = digits[bytes[i] & 15];
-  }
-  return s;
-}
+std::string Hash128::hex() const { return to_hex(bytes); }
 
-bool Hash128::from_hex(std::string_view s, Hash128& out) {
-  if (s.size() != 32) return false;
-  auto nib = [](char c) -> int {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-  };
-  for (size_t i = 0; i < 16; ++i) {
-    int hi = nib(s[2 * i]), lo = nib(s[2 * i + 1]);
-    if (hi < 0 || lo < 0) return false;
-    out.bytes[i] = static_cast<uint8_t>(hi << 4 | lo);
-  }
-  return true;
-}
+bool Hash128::from_hex(std::string_view s, Hash128& out) { return vmsynth::from_hex(s, out.bytes); }
 
 Hash128 hash128(std::span<const std::byte> data) { return from_xxh(XXH3_128bits(data.data(), data.size())); }
 

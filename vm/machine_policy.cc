@@ -5,6 +5,7 @@
 #include <string_view>
 
 #include "common/error.h"
+#include "common/hex.h"
 #include "engine/vm_dir.h"
 
 namespace vmsynth::vm {
@@ -23,10 +24,7 @@ std::string shown(std::string_view s) {
   for (char c : s.substr(0, 80)) {
     const auto u = static_cast<unsigned char>(c);
     if (u < 0x20 || u == 0x7f) {
-      static constexpr char kHex[] = "0123456789abcdef";
-      out += "\\x";
-      out += kHex[u >> 4];
-      out += kHex[u & 15];
+      out += "\\x" + to_hex(std::span<const uint8_t>(&u, 1));
     } else {
       out += c;
     }

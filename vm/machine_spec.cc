@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "common/error.h"
+#include "common/hex.h"
 #include "engine/vm_dir.h"
 #include "io/file.h"
 
@@ -267,13 +268,7 @@ std::string sha256_file(const std::string& path) {
   std::array<unsigned char, EVP_MAX_MD_SIZE> md{};
   unsigned len = 0;
   EVP_DigestFinal_ex(ctx.get(), md.data(), &len);
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string hex;
-  for (unsigned i = 0; i < len; ++i) {
-    hex += kHex[md[i] >> 4];
-    hex += kHex[md[i] & 15];
-  }
-  return hex;
+  return to_hex(std::span<const uint8_t>(md.data(), len));
 }
 
 }  // namespace vmsynth::vm

@@ -447,6 +447,25 @@ TEST_F(NoAvahiTest, PublisherReportsANoticeKeepsTryingAndRegistersWhenTheDaemonS
   EXPECT_EQ(p->name(), "rack-late");
 }
 
+// vmsynthd with --mdns (its default) where no avahi-daemon runs: it serves
+// anyway, and says why it is not advertised.
+TEST_F(NoAvahiTest, VmsynthdServesWithANoticeWhenAvahiIsMissing) {
+  const std::string t = sandbox_.dir().sub("daemon");
+  ASSERT_EQ(run_command("mkdir -p '" + t + "/bases'").exit_code, 0);
+  testutil::Daemon d({VMSYNTHD_BIN, "--listen", "127.0.0.1:0", "--bases", t + "/bases", "--state", t + "/state"},
+                     t + "/vmsynthd.log");
+  ASSERT_TRUE(d.wait_for_log("listening on http://", milliseconds(30000))) << d.log();
+  ASSERT_TRUE(d.wait_for_log("mdns: ", milliseconds(10000))) << d.log();
+  EXPECT_NE(d.log().find("not running"), std::string::npos) << d.log();
+  const std::string log = d.log();
+  const size_t at = log.find("http://");
+  const std::string url = log.substr(at, log.find('\n', at) - at);
+  auto health = run_command("curl -sS --max-time 10 " + url + "/v1/health");
+  EXPECT_EQ(health.exit_code, 0) << health.output;
+  EXPECT_NE(health.output.find("\"ok\""), std::string::npos) << health.output;
+  EXPECT_TRUE(d.running()) << d.log();
+}
+
 TEST_F(NoAvahiTest, DiscoverFailsWithAClearMessage) {
   auto r = discover("--timeout 1");
   EXPECT_EQ(r.exit_code, static_cast<int>(ErrorCode::kUnsupported)) << r.output;
