@@ -161,7 +161,6 @@ struct Session {
   uint64_t content_length = 0;  // 0: chunked
   int64_t started_unix_ms = unix_ms();
   std::atomic<uint64_t> received{0};
-  vmsynth_synth* synth = nullptr;  // owned by the handler; cancel from others
 
   mutable std::mutex mu;
   std::string state = "receiving";  // receiving | synthesizing | launching
@@ -440,7 +439,6 @@ struct Daemon::Impl {
         return false;
       }
       std::lock_guard lock(s->mu);
-      s->synth = raw;
       s->state = "synthesizing";
       return true;
     };
@@ -501,10 +499,6 @@ struct Daemon::Impl {
     if (!fail) {
       const int rc = vmsynth_synth_finish(synth.get());
       if (rc != VMSYNTH_OK) fail = failure_from_status(rc, vmsynth_synth_error(synth.get()));
-    }
-    {
-      std::lock_guard lock(s->mu);
-      s->synth = nullptr;
     }
     if (fail) {
       synth.reset();  // removes everything staged
