@@ -79,8 +79,9 @@ int main(int argc, char** argv) {
                  "disk space all synthesized VMs may take together; a VM that would pass it gets 507 (0: free space "
                  "is the only limit)")
       ->capture_default_str();
-  app.add_flag("--mdns", mdns, "publish _vmsynth._tcp with DNS-SD through avahi-daemon (default)");
-  app.add_flag("--no-mdns", no_mdns, "do not publish");
+  CLI::Option* mdns_flag =
+      app.add_flag("--mdns", mdns, "publish _vmsynth._tcp with DNS-SD through avahi-daemon (default)");
+  app.add_flag("--no-mdns", no_mdns, "do not publish")->excludes(mdns_flag);
   app.add_option("--threads", cfg.threads, "engine threads per synthesis (0: one per core)")
       ->capture_default_str()
       ->check(CLI::Range(0u, 256u));
