@@ -97,7 +97,8 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    // --help and --version exit 0; every bad flag 2, as docs/daemon.md says.
+    return app.exit(e) == 0 ? 0 : static_cast<int>(ErrorCode::kUsage);
   }
   cfg.mdns = mdns && !no_mdns;
   cfg.idle_timeout = std::chrono::seconds(idle);
