@@ -781,6 +781,9 @@ Daemon::Daemon(DaemonConfig cfg, Log log) : impl_(std::make_unique<Impl>(std::mo
   Impl& d = *impl_;
   if (d.cfg.state_dir.empty()) throw Error(ErrorCode::kUsage, "--state DIR is required");
   if (d.cfg.bases_dir.empty()) throw Error(ErrorCode::kUsage, "--bases DIR is required");
+  if (std::error_code ec; !fs::is_directory(d.cfg.bases_dir, ec)) {
+    throw Error(ErrorCode::kUsage, "--bases '" + d.cfg.bases_dir + "' is not a directory");
+  }
   if (d.cfg.max_sessions == 0) throw Error(ErrorCode::kUsage, "--max-sessions must be at least 1");
   if (!d.cfg.token_file.empty()) d.tokens = TokenStore::load(d.cfg.token_file);
   if (!d.tokens.enabled() && !is_loopback(d.cfg.listen_host)) {
