@@ -92,8 +92,8 @@ class Bench:
         self.cli = os.path.join(a.build, "cli", "vmsynth")
         self.vmsynthd = os.path.join(a.build, "cloudlet", "vmsynthd")
         self.running = set()  # VM directories that may have a QEMU
-        self.pids = set()     # QEMU pids, for SIGKILL if `vm stop` fails
         self.daemon = None
+        self.left = []
 
     def stop_vm(self, d):
         subprocess.run([self.cli, "vm", "stop", str(d)], capture_output=True, timeout=60)
@@ -189,8 +189,6 @@ class Bench:
 
     def run_daemon(self):
         code, total, vm, err = self.curl("-X", "POST", "-T", self.pair["overlay"], f"{self.url}/v1/vms?launch=true")
-        if vm and vm.get("launch", {}).get("pid"):
-            self.pids.add(vm["launch"]["pid"])
         if code != 201 or not vm or vm.get("state") != "running":
             raise RuntimeError(f"POST /v1/vms?launch=true: {code} {vm} {err}\n{read(self.daemon_log)[-2000:]}")
         self.running.add(vm["dir"])
@@ -201,6 +199,9 @@ class Bench:
             if code != 204:
                 raise RuntimeError(f"DELETE /v1/vms/{vm['id']}: {code} {err}")
             self.running.discard(vm["dir"])
+            # The daemon frees a deleted VM in the background: let it finish before the next run.
+            vms = os.path.join(self.state, "vms")
+            wait_for(lambda: not os.listdir(vms), 60, f"{vms} to be empty after DELETE")
         t, ln = vm["timings"], vm["launch"]
         return {"first_byte_to_running_ms": t["first_byte_to_running_s"] * 1000,
                 "first_byte_to_synthesized_ms": t["first_byte_to_synthesized_s"] * 1000,
@@ -236,8 +237,6 @@ class Bench:
                 raise RuntimeError(f"vmsynth synthesize --launch: exit {p.returncode}\n{stderr}")
             j = json.load(open(stdout_path))
             ln = j.get("launch", {})
-            if ln.get("pid"):
-                self.pids.add(ln["pid"])
             if "first_byte_to_running_ms" not in ln:
                 raise RuntimeError(f"not launched: {ln} {stderr}")
             alive = self.check_alive(out)
@@ -287,12 +286,21 @@ class Bench:
         finally:
             for d in list(self.running):
                 self.stop_vm(d)
-            for pid in self.pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)  # only if `vm stop` left it; normally ESRCH
-                    log(f"SIGKILLed QEMU {pid}")
-                except (ProcessLookupError, PermissionError):
-                    pass
+            self.left = our_qemus(self.a.data)  # what `vm stop` left: the last resort
+            for pid in self.left:
+                os.kill(pid, signal.SIGKILL)
+                log(f"SIGKILLed QEMU {pid}")
+
+
+def our_qemus(data):
+    """Live QEMU processes whose command line names a file under `data`."""
+    pids = []
+    for e in os.listdir("/proc"):
+        if e.isdigit():
+            cmd, stat = read(f"/proc/{e}/cmdline"), read(f"/proc/{e}/stat").rpartition(")")[2].split()[:1]
+            if "qemu-system" in cmd and data + "/" in cmd and stat not in ([], ["Z"], ["X"]):
+                pids.append(int(e))
+    return pids
 
 
 def machine():
@@ -360,6 +368,7 @@ def main():
     finally:
         b.cleanup()
     res["loadavg_end"] = loadavg()
+    res["qemu_left_after_vm_stop"] = b.left
     res["seconds"] = round(time.monotonic() - t0, 1)
     res["summary"] = summarize(res["samples"])
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
