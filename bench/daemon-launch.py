@@ -193,6 +193,9 @@ class Bench:
             raise RuntimeError(f"POST /v1/vms?launch=true: {code} {vm} {err}\n{read(self.daemon_log)[-2000:]}")
         self.running.add(vm["dir"])
         try:
+            # Right after the response: did the cgroup's CPU limit throttle QEMU while it resumed?
+            m = re.search(r"(/sys/fs/cgroup/cpu\S*/vm-[0-9a-f]+)", vm["launch"].get("limits", ""))
+            cpu_stat = dict(l.split() for l in read(m.group(1) + "/cpu.stat").splitlines()) if m else {}
             alive = self.check_alive(vm["dir"])
         finally:
             code, _, _, err = self.curl("-X", "DELETE", f"{self.url}/v1/vms/{vm['id']}")
@@ -206,7 +209,8 @@ class Bench:
         return {"first_byte_to_running_ms": t["first_byte_to_running_s"] * 1000,
                 "first_byte_to_synthesized_ms": t["first_byte_to_synthesized_s"] * 1000,
                 "resume_ms": ln["resume_ms"], "sender_ms": total * 1000, "timings": t,
-                "launch": {k: ln.get(k) for k in ("accelerator", "sandboxed", "uid", "limits")}, **alive}
+                "launch": {k: ln.get(k) for k in ("accelerator", "sandboxed", "uid", "limits")},
+                "cgroup_cpu_stat_at_response": cpu_stat, **alive}
 
     def run_cli(self):
         out = os.path.join(self.a.data, "out-cli")
