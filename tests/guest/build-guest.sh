@@ -43,6 +43,11 @@ if up_to_date "$OUT/vmlinuz" && up_to_date "$OUT/initrd.img" && up_to_date "$OUT
   exit 0
 fi
 
+# The cache is shared: tests running at once (ctest -j) each build a guest.
+# One at a time fills it (flock, util-linux); the others wait, then reuse it.
+exec 9>"$CACHE/.lock"
+flock 9
+
 for tool in apt-get dpkg-deb cpio gzip mkfs.ext4; do
   command -v "$tool" >/dev/null 2>&1 || { echo "$0: missing tool: $tool" >&2; exit 1; }
 done
@@ -76,6 +81,7 @@ if [ ! -s "$MODDIR/modules.dep" ]; then
   [ -x "$DEPMOD" ] || { echo "$0: depmod not found (apt-get install -y kmod)" >&2; exit 1; }
   "$DEPMOD" -b "$CACHE/kernel" "$KREL"
 fi
+flock -u 9  # the cache is complete; what follows writes only OUT
 cp "$CACHE/kernel/boot/vmlinuz-$KREL" "$OUT/vmlinuz.tmp"
 mv "$OUT/vmlinuz.tmp" "$OUT/vmlinuz"
 
